@@ -1,0 +1,5 @@
+import sys
+
+from fieldline_edge.cli import main
+
+sys.exit(main())

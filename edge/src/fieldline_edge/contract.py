@@ -1,0 +1,356 @@
+"""The Fieldline event contract: topics, payloads, encode, decode and validate.
+
+The producer owns the contract, so it lives here in ``fieldline-edge`` and every
+service that reads events (simulator, pipeline, tools) imports it from here.
+docs/events.md is the human-readable version; keep the two in step.
+
+Versioning: every payload carries ``"schema": "fieldline.<kind>/<version>"``. A new
+version is added beside the old one (a new ``SCHEMA_*`` constant and a decoder
+branch); decoders accept every version they know and raise
+:class:`ContractError` with reason ``unknown_schema`` for the rest.
+
+Decoding runs on every message in the pipeline, so it uses orjson when it is
+installed (the pipeline depends on it) and the standard library otherwise (the
+edge agent stays free of compiled dependencies). Both give the same results:
+orjson rejects ``NaN`` literals outright, and the validator rejects non-finite
+numbers that the standard library lets through.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from typing import Any, Callable, NamedTuple, Optional, Union
+
+try:  # pragma: no cover - which branch runs depends on what is installed
+    import orjson
+
+    _loads: Callable[[Union[bytes, str]], Any] = orjson.loads
+
+    def _dumps(obj: Any) -> bytes:
+        return orjson.dumps(obj)
+
+except ImportError:  # pragma: no cover
+
+    def _loads(data: Union[bytes, str]) -> Any:
+        return json.loads(data)
+
+    def _dumps(obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+
+
+SCHEMA_TELEMETRY_V1 = "fieldline.telemetry/1"
+SCHEMA_STATUS_V1 = "fieldline.status/1"
+SCHEMA_ALERT_V1 = "fieldline.alert/1"
+SCHEMA_DEAD_LETTER_V1 = "fieldline.deadletter/1"
+
+TOPIC_ROOT = "fieldline"
+#: What the pipeline subscribes to (inside a shared subscription).
+TELEMETRY_SUBSCRIPTION = TOPIC_ROOT + "/+/+/telemetry"
+#: Dead letters go to ``fieldline/deadletter/<reason>``; three levels, so no
+#: ``fieldline/+/+/...`` subscription of a device-facing service sees them.
+DEAD_LETTER_TOPIC_PREFIX = TOPIC_ROOT + "/deadletter"
+
+#: Payloads larger than this are dead-lettered unread (bytes).
+MAX_PAYLOAD_BYTES = 256 * 1024
+#: Readings per telemetry message.
+MAX_READINGS_PER_MESSAGE = 10_000
+#: Timestamps before 2000-01-01 are a device whose clock was never set.
+MIN_TIMESTAMP_MS = 946_684_800_000
+#: Far enough ahead that any sane clock is below it (year 2100).
+MAX_TIMESTAMP_MS = 4_102_444_800_000
+MAX_SEQ = 2**63 - 1
+MAX_UNIT_LEN = 16
+
+# Site, device and sensor ids: 1-64 word characters (any script), dots and dashes,
+# not starting with "_", "." or "-" (ids starting with "_" are reserved for the
+# system's own topics). "/", "+", "#" and "$" can never appear, which keeps them
+# safe as MQTT topic levels and as InfluxDB tag values.
+_ID_RE = re.compile(r"[^\W_][\w.\-]{0,63}\Z")
+
+
+class ContractError(ValueError):
+    """An event that does not follow the contract.
+
+    ``reason`` is a short machine-readable code (it becomes the dead-letter topic's
+    last level and a tag in InfluxDB); ``detail`` says what exactly was wrong.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class Reading(NamedTuple):
+    """One sensor value. ``ts`` is Unix time in milliseconds (UTC)."""
+
+    sensor: str
+    ts: int
+    value: float
+    unit: str = ""
+
+
+class Telemetry(NamedTuple):
+    """A batch of readings of one device, as published on its telemetry topic."""
+
+    site: str
+    device: str
+    seq: int
+    readings: list[Reading]
+    schema: str = SCHEMA_TELEMETRY_V1
+
+
+class Status(NamedTuple):
+    """A device's retained status; the agent's last will says ``offline``."""
+
+    device: str
+    state: str  # "online" | "offline"
+    ts: int
+    agent: str = ""
+    sensors: Optional[dict[str, str]] = None
+
+
+class Alert(NamedTuple):
+    """An anomaly the pipeline detected, for other services to react to."""
+
+    device: str
+    sensor: str
+    ts: int
+    value: float
+    score: float
+    expected: float
+    detector: str
+
+
+class DeadLetter(NamedTuple):
+    """An event that failed decoding or validation, kept whole with the reason."""
+
+    reason: str
+    detail: str
+    topic: str
+    payload: bytes
+    received_ts: int
+
+
+# --------------------------------------------------------------------------- topics
+
+
+def telemetry_topic(site: str, device: str) -> str:
+    return f"{TOPIC_ROOT}/{site}/{device}/telemetry"
+
+
+def status_topic(site: str, device: str) -> str:
+    return f"{TOPIC_ROOT}/{site}/{device}/status"
+
+
+def alerts_topic(site: str, device: str) -> str:
+    return f"{TOPIC_ROOT}/{site}/{device}/alerts"
+
+
+def dead_letter_topic(reason: str) -> str:
+    return f"{DEAD_LETTER_TOPIC_PREFIX}/{reason}"
+
+
+def parse_device_topic(topic: str) -> tuple[str, str, str]:
+    """Split ``fieldline/{site}/{device}/{kind}`` into ``(site, device, kind)``."""
+    parts = topic.split("/")
+    if len(parts) != 4 or parts[0] != TOPIC_ROOT:
+        raise ContractError("bad_topic", f"expected fieldline/<site>/<device>/<kind>, got {topic!r}")
+    _, site, device, kind = parts
+    check_id("site", site)
+    check_id("device", device)
+    return site, device, kind
+
+
+def is_valid_id(value: object) -> bool:
+    return isinstance(value, str) and _ID_RE.match(value) is not None
+
+
+def check_id(what: str, value: object) -> str:
+    if not is_valid_id(value):
+        raise ContractError("bad_id", f"{what} {value!r} is not a valid id")
+    return value  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- encode
+
+
+def encode_telemetry(device: str, seq: int, readings: list[Reading]) -> bytes:
+    return _dumps(
+        {
+            "schema": SCHEMA_TELEMETRY_V1,
+            "device": device,
+            "seq": seq,
+            "readings": [
+                {"sensor": r.sensor, "ts": r.ts, "value": r.value, "unit": r.unit}
+                for r in readings
+            ],
+        }
+    )
+
+
+def encode_status(status: Status) -> bytes:
+    body: dict[str, Any] = {
+        "schema": SCHEMA_STATUS_V1,
+        "device": status.device,
+        "state": status.state,
+        "ts": status.ts,
+        "agent": status.agent,
+    }
+    if status.sensors is not None:
+        body["sensors"] = status.sensors
+    return _dumps(body)
+
+
+def encode_alert(alert: Alert) -> bytes:
+    return _dumps({"schema": SCHEMA_ALERT_V1, **alert._asdict()})
+
+
+def encode_dead_letter(dl: DeadLetter) -> bytes:
+    body: dict[str, Any] = {
+        "schema": SCHEMA_DEAD_LETTER_V1,
+        "reason": dl.reason,
+        "detail": dl.detail,
+        "topic": dl.topic,
+        "received_ts": dl.received_ts,
+    }
+    # Keep the original bytes whole, so nothing is lost and it can be replayed.
+    try:
+        body["payload"] = dl.payload.decode("utf-8")
+    except UnicodeDecodeError:
+        body["payload_b64"] = base64.b64encode(dl.payload).decode("ascii")
+    return _dumps(body)
+
+
+# --------------------------------------------------------------------------- decode
+
+
+def _load_object(payload: bytes, max_bytes: Optional[int] = MAX_PAYLOAD_BYTES) -> dict[str, Any]:
+    if max_bytes is not None and len(payload) > max_bytes:
+        raise ContractError("too_large", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    try:
+        obj = _loads(payload)
+    except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
+        raise ContractError("not_json", str(exc)[:200]) from None
+    if not isinstance(obj, dict):
+        raise ContractError("not_object", f"payload is a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def _field(obj: dict[str, Any], name: str, where: str = "") -> Any:
+    try:
+        return obj[name]
+    except KeyError:
+        raise ContractError("missing_field", f"{where}{name} is missing") from None
+
+
+def _is_int(v: object) -> bool:
+    return type(v) is int  # bool is a subclass of int; it is not a number here
+
+
+def decode_telemetry(topic: str, payload: bytes) -> Telemetry:
+    """Decode and validate one telemetry message; raise :class:`ContractError`."""
+    site, device, kind = parse_device_topic(topic)
+    if kind != "telemetry":
+        raise ContractError("bad_topic", f"not a telemetry topic: {topic!r}")
+    obj = _load_object(payload)
+    schema = obj.get("schema")
+    if schema == SCHEMA_TELEMETRY_V1:
+        return _telemetry_v1(site, device, obj)
+    raise ContractError("unknown_schema", f"schema {schema!r} is not one this decoder knows")
+
+
+def _telemetry_v1(site: str, device: str, obj: dict[str, Any]) -> Telemetry:
+    body_device = _field(obj, "device")
+    if body_device != device:
+        raise ContractError(
+            "topic_mismatch", f"payload device {body_device!r} != topic device {device!r}"
+        )
+    seq = _field(obj, "seq")
+    if not _is_int(seq) or not 0 <= seq <= MAX_SEQ:
+        raise ContractError("wrong_type", f"seq must be an integer in [0, 2^63), got {seq!r}")
+    raw = _field(obj, "readings")
+    if not isinstance(raw, list):
+        raise ContractError("wrong_type", "readings must be a list")
+    if not raw:
+        raise ContractError("empty_batch", "readings is empty")
+    if len(raw) > MAX_READINGS_PER_MESSAGE:
+        raise ContractError("too_large", f"{len(raw)} readings > {MAX_READINGS_PER_MESSAGE}")
+    readings: list[Reading] = []
+    append = readings.append
+    isfinite = math.isfinite
+    for i, r in enumerate(raw):
+        if not isinstance(r, dict):
+            raise ContractError("wrong_type", f"readings[{i}] is not an object")
+        try:
+            sensor = r["sensor"]
+            ts = r["ts"]
+            value = r["value"]
+        except KeyError as exc:
+            raise ContractError("missing_field", f"readings[{i}].{exc.args[0]} is missing") from None
+        unit = r.get("unit", "")
+        if not (isinstance(sensor, str) and _ID_RE.match(sensor)):
+            raise ContractError("bad_id", f"readings[{i}].sensor {sensor!r} is not a valid id")
+        if type(ts) is not int:
+            raise ContractError("wrong_type", f"readings[{i}].ts must be integer milliseconds")
+        if not MIN_TIMESTAMP_MS <= ts < MAX_TIMESTAMP_MS:
+            raise ContractError("bad_timestamp", f"readings[{i}].ts {ts} is outside 2000..2100")
+        vt = type(value)
+        if vt is float:
+            if not isfinite(value):
+                raise ContractError("non_finite", f"readings[{i}].value is {value!r}")
+        elif vt is int:
+            value = float(value)
+            if not isfinite(value):
+                raise ContractError("non_finite", f"readings[{i}].value is out of range")
+        else:
+            raise ContractError("wrong_type", f"readings[{i}].value must be a number")
+        if not isinstance(unit, str) or len(unit) > MAX_UNIT_LEN or "\n" in unit:
+            raise ContractError("wrong_type", f"readings[{i}].unit must be a short string")
+        append(Reading(sensor, ts, value, unit))
+    return Telemetry(site, device, seq, readings)
+
+
+def decode_status(topic: str, payload: bytes) -> Status:
+    _, device, kind = parse_device_topic(topic)
+    if kind != "status":
+        raise ContractError("bad_topic", f"not a status topic: {topic!r}")
+    obj = _load_object(payload)
+    if obj.get("schema") != SCHEMA_STATUS_V1:
+        raise ContractError("unknown_schema", f"schema {obj.get('schema')!r} is not known")
+    state = _field(obj, "state")
+    if state not in ("online", "offline"):
+        raise ContractError("wrong_type", f"state must be online or offline, got {state!r}")
+    ts = _field(obj, "ts")
+    if not _is_int(ts):
+        raise ContractError("wrong_type", "ts must be integer milliseconds")
+    sensors = obj.get("sensors")
+    return Status(_field(obj, "device"), state, ts, str(obj.get("agent", "")), sensors)
+
+
+def decode_alert(payload: bytes) -> Alert:
+    obj = _load_object(payload)
+    if obj.get("schema") != SCHEMA_ALERT_V1:
+        raise ContractError("unknown_schema", f"schema {obj.get('schema')!r} is not known")
+    try:
+        return Alert(**{k: obj[k] for k in Alert._fields})
+    except KeyError as exc:
+        raise ContractError("missing_field", f"{exc.args[0]} is missing") from None
+
+
+def decode_dead_letter(payload: bytes) -> DeadLetter:
+    # A dead letter wraps its original whole, however large that was.
+    obj = _load_object(payload, max_bytes=None)
+    if obj.get("schema") != SCHEMA_DEAD_LETTER_V1:
+        raise ContractError("unknown_schema", f"schema {obj.get('schema')!r} is not known")
+    if "payload_b64" in obj:
+        original = base64.b64decode(obj["payload_b64"])
+    else:
+        original = str(_field(obj, "payload")).encode("utf-8")
+    return DeadLetter(
+        _field(obj, "reason"), _field(obj, "detail"), _field(obj, "topic"), original,
+        _field(obj, "received_ts"),
+    )

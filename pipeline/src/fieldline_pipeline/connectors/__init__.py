@@ -1,0 +1,1 @@
+"""Connectors: MQTT in and out, InfluxDB out."""

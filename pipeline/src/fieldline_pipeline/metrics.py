@@ -1,0 +1,151 @@
+"""Counters of one pipeline process, and their reports.
+
+Operators count into one process-wide :class:`PipelineMetrics` (Bytewax workers
+of a process are threads); a reporter thread publishes a snapshot as JSON on
+``fieldline/_metrics/pipeline/<instance>`` every second (the demo's live view and
+other tools read it) and writes it to InfluxDB (measurements ``pipeline`` and
+``dead_letters``), so what the pipeline did is visible in Grafana.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fieldline_edge.contract import TOPIC_ROOT
+
+from fieldline_pipeline.lineprotocol import format_line
+
+log = logging.getLogger(__name__)
+
+METRICS_TOPIC_PREFIX = TOPIC_ROOT + "/_metrics/pipeline"
+
+
+class PipelineMetrics:
+    """Thread-safe counters; updated once per message or window, never per reading."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.messages = 0
+        self.readings = 0
+        self.late_readings = 0
+        self.windows = 0
+        self.dead_letters: dict[str, int] = {}
+        self.max_event_ms = 0
+        self.started_ms = int(time.time() * 1000)
+
+    def on_message(self, readings: int) -> None:
+        with self._lock:
+            self.messages += 1
+            self.readings += readings
+
+    def on_event_time(self, max_event_ms: int) -> None:
+        if max_event_ms > self.max_event_ms:  # a racy read only delays the update
+            with self._lock:
+                self.max_event_ms = max(self.max_event_ms, max_event_ms)
+
+    def on_dead_letter(self, reason: str) -> None:
+        with self._lock:
+            self.messages += 1
+            self.dead_letters[reason] = self.dead_letters.get(reason, 0) + 1
+
+    def on_late(self, count: int) -> None:
+        with self._lock:
+            self.late_readings += count
+
+    def on_windows(self, count: int) -> None:
+        with self._lock:
+            self.windows += count
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            now_ms = int(time.time() * 1000)
+            return {
+                "messages": self.messages,
+                "readings": self.readings,
+                "late_readings": self.late_readings,
+                "windows": self.windows,
+                "dead_letters": sum(self.dead_letters.values()),
+                "dead_letters_by_reason": dict(self.dead_letters),
+                # How far the newest event seen is behind the wall clock.
+                "lag_ms": (now_ms - self.max_event_ms) if self.max_event_ms else None,
+                "ts": now_ms,
+                "started_ms": self.started_ms,
+            }
+
+
+#: The process's counters (each Bytewax process has its own).
+METRICS = PipelineMetrics()
+
+
+def metrics_lines(snap: dict[str, Any], instance: str) -> list[str]:
+    """Line protocol for one snapshot (time = snapshot time, ms)."""
+    fields: dict[str, float | int] = {
+        k: snap[k] for k in ("messages", "readings", "late_readings", "windows", "dead_letters")
+    }
+    if snap["lag_ms"] is not None:
+        fields["lag_ms"] = snap["lag_ms"]
+    lines = [format_line("pipeline", {"instance": instance}, fields, snap["ts"])]
+    for reason, count in sorted(snap["dead_letters_by_reason"].items()):
+        lines.append(
+            format_line(
+                "dead_letters", {"instance": instance, "reason": reason}, {"count": count},
+                snap["ts"],
+            )  # fmt: skip
+        )
+    return lines
+
+
+class MetricsReporter:
+    """Calls ``publish(snapshot)`` every ``interval_s`` and ``write(lines)`` every
+    ``write_every`` publishes, on a daemon thread; ``stop()`` reports once more."""
+
+    def __init__(
+        self,
+        metrics: PipelineMetrics,
+        instance: str,
+        publish: Callable[[dict[str, Any]], None],
+        write: Callable[[list[str]], None],
+        interval_s: float = 1.0,
+        write_every: int = 5,
+    ) -> None:
+        self._metrics = metrics
+        self._instance = instance
+        self._publish = publish
+        self._write = write
+        self._interval_s = interval_s
+        self._write_every = write_every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metrics", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _report(self, write: bool, final: bool = False) -> None:
+        snap = self._metrics.snapshot()
+        snap["instance"] = self._instance
+        snap["done"] = final
+        try:
+            self._publish(snap)
+        except Exception:  # a metrics hiccup must never stop the pipeline
+            log.warning("publishing metrics failed", exc_info=True)
+        if write:
+            try:
+                self._write(metrics_lines(snap, self._instance))
+            except Exception:
+                log.warning("writing metrics to InfluxDB failed", exc_info=True)
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.wait(self._interval_s):
+            n += 1
+            self._report(write=n % self._write_every == 0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self._report(write=True, final=True)

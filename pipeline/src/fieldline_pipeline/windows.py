@@ -1,0 +1,202 @@
+"""Event-time tumbling windows per (device, sensor); pure logic, no I/O.
+
+State is kept per device (the dataflow's key), with one set of open windows per
+sensor. Windows are aligned to multiples of the width in Unix time, so every
+worker and every replay cuts the same windows.
+
+When a window closes:
+
+* event time: once the device has sent a reading at or past
+  ``window end + allowed lateness``;
+* system time: once the device has been silent for ``idle_timeout_ms``, all its
+  open windows close (a device that stops sending still gets its last windows);
+* end of input: all open windows close when ``flush_on_eof`` is set.
+
+A reading whose window has already closed is *late*: it is counted and reported,
+never silently dropped, and the closed window is not rewritten (a rewrite with
+only the late readings would overwrite the full window in InfluxDB).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from fieldline_edge.contract import Telemetry
+
+from fieldline_pipeline.aggregates import Agg
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """Window width and lateness, in milliseconds.
+
+    >>> WindowConfig(width_ms=10_000, lateness_ms=2_000)
+    WindowConfig(width_ms=10000, lateness_ms=2000, idle_timeout_ms=30000, flush_on_eof=True)
+    """
+
+    width_ms: int = 10_000
+    lateness_ms: int = 2_000
+    idle_timeout_ms: int = 30_000
+    flush_on_eof: bool = True
+
+    def __post_init__(self) -> None:
+        if self.width_ms <= 0:
+            raise ValueError(f"window width must be > 0 ms, got {self.width_ms}")
+        if self.lateness_ms < 0:
+            raise ValueError(f"allowed lateness must be >= 0 ms, got {self.lateness_ms}")
+        if self.idle_timeout_ms <= 0:
+            raise ValueError(f"idle timeout must be > 0 ms, got {self.idle_timeout_ms}")
+
+
+class WindowResult(NamedTuple):
+    """A closed window's aggregate; ``start_ms`` is the InfluxDB point time."""
+
+    site: str
+    device: str
+    sensor: str
+    unit: str
+    start_ms: int
+    count: int
+    mean: float
+    min: float
+    max: float
+    stddev: float
+    first: float
+    last: float
+
+
+class LateReadings(NamedTuple):
+    """Readings that arrived after their window closed."""
+
+    site: str
+    device: str
+    sensor: str
+    count: int
+
+
+class _Open:
+    __slots__ = ("agg", "unit")
+
+    def __init__(self, agg: Agg, unit: str) -> None:
+        self.agg = agg
+        self.unit = unit
+
+
+class DeviceWindows:
+    """Open windows of one device; feed it messages, collect closed windows."""
+
+    def __init__(self, config: WindowConfig, site: str = "", device: str = "") -> None:
+        self.config = config
+        self.site = site
+        self.device = device
+        # sensor -> window start -> open window
+        self.open: dict[str, dict[int, _Open]] = {}
+        self.max_ts = -(2**62)
+        # Every window that ends at or before this has been closed.
+        self.closed_until = -(2**62)
+        self.last_seen_ms = 0
+
+    # ------------------------------------------------------------------ input
+
+    def add(
+        self, msg: Telemetry, now_ms: int
+    ) -> tuple[list[WindowResult], list[LateReadings]]:
+        """Add one message's readings; return the windows it closed and the late counts."""
+        self.site, self.device = msg.site, msg.device
+        width = self.config.width_ms
+        closed_until = self.closed_until
+        late: dict[str, int] = {}
+        open_ = self.open
+        max_ts = self.max_ts
+        for sensor, ts, value, unit in msg.readings:
+            if ts < closed_until:
+                late[sensor] = late.get(sensor, 0) + 1
+                continue
+            if ts > max_ts:
+                max_ts = ts
+            start = ts - ts % width
+            windows = open_.get(sensor)
+            if windows is None:
+                windows = open_[sensor] = {}
+            w = windows.get(start)
+            if w is None:
+                windows[start] = _Open(Agg(ts, value), unit)
+            else:
+                w.agg.add(ts, value)
+        self.max_ts = max_ts
+        self.last_seen_ms = now_ms
+        # A window [s, s+width) closes once a reading at s+width+lateness has been seen.
+        horizon = max_ts - self.config.lateness_ms
+        until = horizon - horizon % width
+        closed = self._close_before(until) if until > closed_until else []
+        return closed, [LateReadings(self.site, self.device, s, n) for s, n in late.items()]
+
+    # ------------------------------------------------------------------ time
+
+    def next_idle_close_ms(self) -> int | None:
+        """System time at which the open windows close for silence, if any are open."""
+        if not any(self.open.values()):
+            return None
+        return self.last_seen_ms + self.config.idle_timeout_ms
+
+    def on_time(self, now_ms: int) -> list[WindowResult]:
+        """Close everything if the device has been silent for the idle timeout."""
+        due = self.next_idle_close_ms()
+        if due is None or now_ms < due:
+            return []
+        return self.close_all()
+
+    def close_all(self) -> list[WindowResult]:
+        width = self.config.width_ms
+        end = self.max_ts - self.max_ts % width + width
+        return self._close_before(end)
+
+    def _close_before(self, until: int) -> list[WindowResult]:
+        """Close every open window that ends at or before ``until``."""
+        if until > self.closed_until:
+            self.closed_until = until
+        width = self.config.width_ms
+        out: list[WindowResult] = []
+        for sensor, windows in self.open.items():
+            if not windows:
+                continue
+            for start in sorted(s for s in windows if s + width <= until):
+                w = windows.pop(start)
+                a = w.agg
+                out.append(
+                    WindowResult(
+                        self.site, self.device, sensor, w.unit, start,
+                        a.count, a.mean, a.min, a.max, a.stddev, a.first, a.last,
+                    )  # fmt: skip
+                )
+        return out
+
+    # ------------------------------------------------------------------ recovery
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain, picklable copy of the state."""
+        return {
+            "site": self.site,
+            "device": self.device,
+            "max_ts": self.max_ts,
+            "closed_until": self.closed_until,
+            "last_seen_ms": self.last_seen_ms,
+            "open": {
+                sensor: {start: (w.unit, w.agg.state()) for start, w in windows.items()}
+                for sensor, windows in self.open.items()
+                if windows
+            },
+        }
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any], config: WindowConfig) -> DeviceWindows:
+        dw = cls(config, snap["site"], snap["device"])
+        dw.max_ts = snap["max_ts"]
+        dw.closed_until = snap["closed_until"]
+        dw.last_seen_ms = snap["last_seen_ms"]
+        dw.open = {
+            sensor: {start: _Open(Agg.from_state(st), unit) for start, (unit, st) in ws.items()}
+            for sensor, ws in snap["open"].items()
+        }
+        return dw

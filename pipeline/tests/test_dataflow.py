@@ -1,0 +1,128 @@
+"""The dataflow in memory: Bytewax TestingSource/TestingSink and run_main."""
+
+import math
+import statistics
+
+import orjson
+from bytewax.testing import TestingSink, TestingSource, run_main
+from fieldline_edge.contract import (
+    Reading,
+    decode_dead_letter,
+    encode_telemetry,
+    telemetry_topic,
+)
+
+from fieldline_pipeline.connectors.mqtt import MqttMessage
+from fieldline_pipeline.dataflow import build_dataflow
+from fieldline_pipeline.metrics import PipelineMetrics
+from fieldline_pipeline.windows import WindowConfig
+
+T0 = 1_700_000_000_000
+
+
+def telemetry(device: str, seq: int, readings: list[tuple[str, int, float]]) -> MqttMessage:
+    payload = encode_telemetry(device, seq, [Reading(s, ts, v, "C") for s, ts, v in readings])
+    return MqttMessage(telemetry_topic("lab", device), payload, 0)
+
+
+def parse_line(line: str) -> tuple[dict[str, str], dict[str, float], int]:
+    head, fields, ts = line.split(" ")
+    tags = dict(kv.split("=") for kv in head.split(",")[1:])
+    values = {k: float(v.rstrip("i")) for k, v in (kv.split("=") for kv in fields.split(","))}
+    return tags, values, int(ts)
+
+
+def run(msgs: list[MqttMessage], cfg: WindowConfig) -> tuple[list[str], list[tuple[str, bytes]], PipelineMetrics]:
+    lines: list[str] = []
+    dead: list[tuple[str, bytes]] = []
+    metrics = PipelineMetrics()
+    flow = build_dataflow(TestingSource(msgs), TestingSink(lines), TestingSink(dead), cfg, metrics)
+    run_main(flow)
+    return lines, dead, metrics
+
+
+def test_windows_per_device_and_sensor_match_the_readings() -> None:
+    cfg = WindowConfig(width_ms=1_000, lateness_ms=0)
+    readings: dict[str, list[tuple[str, int, float]]] = {"d1": [], "d2": []}
+    msgs = []
+    for seq in range(30):
+        for dev, scale in (("d1", 1.0), ("d2", -3.0)):
+            batch = [
+                ("temp", T0 + seq * 100 + k * 10, scale * (seq + k * 0.25)) for k in range(5)
+            ] + [("hum", T0 + seq * 100, 50.0 + seq)]
+            readings[dev].extend(batch)
+            msgs.append(telemetry(dev, seq, batch))
+    lines, dead, metrics = run(msgs, cfg)
+    assert dead == []
+    got = {}
+    for line in lines:
+        tags, f, ts = parse_line(line)
+        assert line.startswith("reading_window,")
+        got[(tags["device"], tags["sensor"], ts)] = f
+    expected: dict[tuple[str, str, int], list[tuple[int, float]]] = {}
+    for dev, rs in readings.items():
+        for s, ts, v in rs:
+            expected.setdefault((dev, s, ts - ts % 1_000), []).append((ts, v))
+    assert set(got) == set(expected)
+    for key, pairs in expected.items():
+        vs = [v for _, v in pairs]
+        f = got[key]
+        assert f["count"] == len(vs)
+        assert math.isclose(f["mean"], statistics.fmean(vs), rel_tol=1e-9)
+        assert (f["min"], f["max"]) == (min(vs), max(vs))
+        assert f["first"] == min(pairs, key=lambda p: p[0])[1]
+        assert math.isclose(f["stddev"], statistics.stdev(vs) if len(vs) > 1 else 0.0, abs_tol=1e-9)
+    snap = metrics.snapshot()
+    assert snap["readings"] == sum(len(r) for r in readings.values())
+    assert snap["messages"] == len(msgs)
+    assert snap["windows"] == len(lines)
+    assert snap["late_readings"] == 0
+
+
+def test_late_readings_are_counted_and_the_window_is_not_rewritten() -> None:
+    cfg = WindowConfig(width_ms=1_000, lateness_ms=0)
+    msgs = [
+        telemetry("d1", 0, [("t", T0 + 10, 1.0)]),
+        telemetry("d1", 1, [("t", T0 + 2_500, 2.0)]),  # closes [T0, T0+1s)
+        telemetry("d1", 2, [("t", T0 + 20, 5.0), ("t", T0 + 2_600, 3.0)]),  # first one is late
+    ]
+    lines, dead, metrics = run(msgs, cfg)
+    assert dead == []
+    counts = {parse_line(line)[2]: parse_line(line)[1]["count"] for line in lines}
+    assert counts == {T0: 1, T0 + 2_000: 2}
+    assert metrics.snapshot()["late_readings"] == 1
+
+
+def test_malformed_events_become_dead_letters_and_good_ones_still_flow() -> None:
+    cfg = WindowConfig(width_ms=1_000, lateness_ms=0)
+    topic = telemetry_topic("lab", "d1")
+    bad = [
+        (b"not json at all", "not_json"),
+        (b"[1,2,3]", "not_object"),
+        (b'{"schema":"fieldline.telemetry/99","device":"d1","seq":1,"readings":[]}', "unknown_schema"),
+        (b'{"schema":"fieldline.telemetry/1","device":"d1","seq":"x","readings":[]}', "wrong_type"),
+        (b'{"schema":"fieldline.telemetry/1","device":"d1","seq":1}', "missing_field"),
+        (
+            b'{"schema":"fieldline.telemetry/1","device":"d1","seq":1,'
+            b'"readings":[{"sensor":"t","ts":1700000000000,"value":NaN}]}',
+            "not_json",
+        ),
+        (b"x" * (1024 * 1024), "too_large"),
+        (
+            b'{"schema":"fieldline.telemetry/1","device":"d2","seq":1,'
+            b'"readings":[{"sensor":"t","ts":1700000000000,"value":1}]}',
+            "topic_mismatch",
+        ),
+    ]
+    msgs = [MqttMessage(topic, payload, 7) for payload, _ in bad]
+    msgs.append(telemetry("d1", 0, [("t", T0, 4.0)]))
+    lines, dead, metrics = run(msgs, cfg)
+    assert len(lines) == 1 and "count=1i" in lines[0]
+    assert [t for t, _ in dead] == [f"fieldline/deadletter/{r}" for _, r in bad]
+    for (payload, reason), (_, body) in zip(bad, dead):
+        dl = decode_dead_letter(body)
+        assert dl.reason == reason
+        assert dl.payload == payload  # kept whole, so it can be replayed
+        assert dl.topic == topic and dl.detail
+        assert orjson.loads(body)["received_ts"] == 7
+    assert metrics.snapshot()["dead_letters_by_reason"]["not_json"] == 2
