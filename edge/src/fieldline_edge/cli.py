@@ -56,7 +56,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     app = typer.Typer(help=_HELP, no_args_is_help=True, add_completion=False)
 
     # The edge agent parses its own arguments (argparse: it must run without typer).
-    @app.command(
+    def _edge(ctx: typer.Context) -> None:
+        raise typer.Exit(edge_main(list(ctx.args)))
+
+    # typer reads annotations at run time; typer is not a module global here.
+    _edge.__annotations__ = {"ctx": typer.Context, "return": None}
+    app.command(
         "edge",
         context_settings={
             "allow_extra_args": True,
@@ -65,12 +70,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         },
         add_help_option=False,
         help="Run the edge agent on a device (see `fieldline edge --help`).",
-    )
-    def _edge(ctx: typer.Context) -> None:
-        raise typer.Exit(edge_main(list(ctx.args)))
+    )(_edge)
 
     for ep in _plugins():
-        obj = ep.load()
+        try:
+            obj = ep.load()
+        except Exception as exc:  # one broken component must not take the others down
+            print(f"fieldline: the {ep.name!r} commands are unavailable: {exc}", file=sys.stderr)
+            continue
         if isinstance(obj, typer.Typer):
             app.add_typer(obj, name=ep.name)
         else:

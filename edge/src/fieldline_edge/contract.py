@@ -158,7 +158,9 @@ def parse_device_topic(topic: str) -> tuple[str, str, str]:
     """Split ``fieldline/{site}/{device}/{kind}`` into ``(site, device, kind)``."""
     parts = topic.split("/")
     if len(parts) != 4 or parts[0] != TOPIC_ROOT:
-        raise ContractError("bad_topic", f"expected fieldline/<site>/<device>/<kind>, got {topic!r}")
+        raise ContractError(
+            "bad_topic", f"expected fieldline/<site>/<device>/<kind>, got {topic!r}"
+        )
     _, site, device, kind = parts
     check_id("site", site)
     check_id("device", device)
@@ -185,8 +187,7 @@ def encode_telemetry(device: str, seq: int, readings: list[Reading]) -> bytes:
             "device": device,
             "seq": seq,
             "readings": [
-                {"sensor": r.sensor, "ts": r.ts, "value": r.value, "unit": r.unit}
-                for r in readings
+                {"sensor": r.sensor, "ts": r.ts, "value": r.value, "unit": r.unit} for r in readings
             ],
         }
     )
@@ -290,7 +291,9 @@ def _telemetry_v1(site: str, device: str, obj: dict[str, Any]) -> Telemetry:
             ts = r["ts"]
             value = r["value"]
         except KeyError as exc:
-            raise ContractError("missing_field", f"readings[{i}].{exc.args[0]} is missing") from None
+            raise ContractError(
+                "missing_field", f"readings[{i}].{exc.args[0]} is missing"
+            ) from None
         unit = r.get("unit", "")
         if not (isinstance(sensor, str) and _ID_RE.match(sensor)):
             raise ContractError("bad_id", f"readings[{i}].sensor {sensor!r} is not a valid id")
@@ -303,9 +306,10 @@ def _telemetry_v1(site: str, device: str, obj: dict[str, Any]) -> Telemetry:
             if not isfinite(value):
                 raise ContractError("non_finite", f"readings[{i}].value is {value!r}")
         elif vt is int:
-            value = float(value)
-            if not isfinite(value):
-                raise ContractError("non_finite", f"readings[{i}].value is out of range")
+            try:
+                value = float(value)
+            except OverflowError:
+                raise ContractError("non_finite", f"readings[{i}].value is out of range") from None
         else:
             raise ContractError("wrong_type", f"readings[{i}].value must be a number")
         if not isinstance(unit, str) or len(unit) > MAX_UNIT_LEN or "\n" in unit:
@@ -315,7 +319,7 @@ def _telemetry_v1(site: str, device: str, obj: dict[str, Any]) -> Telemetry:
 
 
 def decode_status(topic: str, payload: bytes) -> Status:
-    _, device, kind = parse_device_topic(topic)
+    _, _device, kind = parse_device_topic(topic)
     if kind != "status":
         raise ContractError("bad_topic", f"not a status topic: {topic!r}")
     obj = _load_object(payload)
@@ -351,6 +355,9 @@ def decode_dead_letter(payload: bytes) -> DeadLetter:
     else:
         original = str(_field(obj, "payload")).encode("utf-8")
     return DeadLetter(
-        _field(obj, "reason"), _field(obj, "detail"), _field(obj, "topic"), original,
+        _field(obj, "reason"),
+        _field(obj, "detail"),
+        _field(obj, "topic"),
+        original,
         _field(obj, "received_ts"),
     )

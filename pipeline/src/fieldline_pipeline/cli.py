@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 from enum import Enum
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -26,7 +26,11 @@ def _fail(message: str) -> typer.Exit:
 @app.command("run")
 def run(
     broker: Annotated[
-        str, typer.Option(envvar="FIELDLINE_BROKER_URL", help="mqtt[s]://[user:pass@]host[:port]")
+        str,
+        typer.Option(
+            envvar="FIELDLINE_BROKER_URL",
+            help="Broker URL: mqtt://host:port or mqtts://user:password@host:port.",
+        ),
     ] = "mqtt://127.0.0.1:1883",
     group: Annotated[str, typer.Option(help="Shared-subscription group name.")] = "fieldline",
     client_id: Annotated[
@@ -37,29 +41,37 @@ def run(
     ] = "http://127.0.0.1:8086",
     influx_api: Annotated[
         InfluxAPI,
-        typer.Option(envvar="FIELDLINE_INFLUX_API", help="v1: /write (InfluxDB 1.x); v2: /api/v2/write."),
+        typer.Option(
+            envvar="FIELDLINE_INFLUX_API", help="v1: /write (InfluxDB 1.x); v2: /api/v2/write."
+        ),
     ] = InfluxAPI.v1,
-    influx_db: Annotated[str, typer.Option(envvar="FIELDLINE_INFLUX_DB", help="v1 database.")] = "fieldline",
-    influx_rp: Annotated[Optional[str], typer.Option(help="v1 retention policy.")] = None,
-    influx_user: Annotated[Optional[str], typer.Option(envvar="FIELDLINE_INFLUX_USER")] = None,
+    influx_db: Annotated[
+        str, typer.Option(envvar="FIELDLINE_INFLUX_DB", help="v1 database.")
+    ] = "fieldline",
+    influx_rp: Annotated[str | None, typer.Option(help="v1 retention policy.")] = None,
+    influx_user: Annotated[str | None, typer.Option(envvar="FIELDLINE_INFLUX_USER")] = None,
     influx_password: Annotated[
-        Optional[str], typer.Option(envvar="FIELDLINE_INFLUX_PASSWORD", show_default=False)
+        str | None, typer.Option(envvar="FIELDLINE_INFLUX_PASSWORD", show_default=False)
     ] = None,
-    influx_org: Annotated[str, typer.Option(envvar="FIELDLINE_INFLUX_ORG", help="v2 org.")] = "fieldline",
+    influx_org: Annotated[
+        str, typer.Option(envvar="FIELDLINE_INFLUX_ORG", help="v2 org.")
+    ] = "fieldline",
     influx_bucket: Annotated[
         str, typer.Option(envvar="FIELDLINE_INFLUX_BUCKET", help="v2 bucket.")
     ] = "fieldline",
     influx_token: Annotated[
-        Optional[str], typer.Option(envvar="FIELDLINE_INFLUX_TOKEN", show_default=False)
+        str | None, typer.Option(envvar="FIELDLINE_INFLUX_TOKEN", show_default=False)
     ] = None,
     window_s: Annotated[float, typer.Option(help="Tumbling window width (event time).")] = 10.0,
-    lateness_s: Annotated[float, typer.Option(help="Allowed lateness before a window closes.")] = 2.0,
+    lateness_s: Annotated[
+        float, typer.Option(help="Allowed lateness before a window closes.")
+    ] = 2.0,
     idle_timeout_s: Annotated[
         float, typer.Option(help="Close a silent device's windows after this long (system time).")
     ] = 30.0,
     workers: Annotated[int, typer.Option(min=1, help="Bytewax worker threads.")] = 1,
     instance: Annotated[
-        Optional[str], typer.Option(help="Name in metrics; default <host>-<pid>.")
+        str | None, typer.Option(help="Name in metrics; default <host>-<pid>.")
     ] = None,
     log_level: Annotated[str, typer.Option(envvar="FIELDLINE_LOG_LEVEL")] = "INFO",
 ) -> None:

@@ -13,7 +13,7 @@ State is keyed by ``site/device``; Bytewax routes each device to one worker.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Optional, Union
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -111,7 +111,7 @@ class _WindowLogic(StatefulBatchLogic[Telemetry, WindowResult, dict[str, Any]]):
         self._metrics.on_windows(len(out))
         return out, StatefulBatchLogic.RETAIN
 
-    def notify_at(self) -> Optional[datetime]:
+    def notify_at(self) -> datetime | None:
         due = self._w.next_idle_close_ms()
         return None if due is None else datetime.fromtimestamp(due / 1000, tz=timezone.utc)
 
@@ -144,7 +144,7 @@ def build_dataflow(
 
     keyed = op.key_on("by_device", valid, lambda t: f"{t.site}/{t.device}")
 
-    def builder(resume: Union[dict[str, Any], None]) -> _WindowLogic:
+    def builder(resume: dict[str, Any] | None) -> _WindowLogic:
         w = DeviceWindows(config) if resume is None else DeviceWindows.restore(resume, config)
         return _WindowLogic(w, metrics)
 

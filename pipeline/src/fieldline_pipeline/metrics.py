@@ -92,9 +92,11 @@ def metrics_lines(snap: dict[str, Any], instance: str) -> list[str]:
     for reason, count in sorted(snap["dead_letters_by_reason"].items()):
         lines.append(
             format_line(
-                "dead_letters", {"instance": instance, "reason": reason}, {"count": count},
+                "dead_letters",
+                {"instance": instance, "reason": reason},
+                {"count": count},
                 snap["ts"],
-            )  # fmt: skip
+            )
         )
     return lines
 

@@ -16,11 +16,17 @@ from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from bytewax._bytewax import cli_main
 from fieldline_edge.contract import TELEMETRY_SUBSCRIPTION
 
 from fieldline_pipeline.connectors.influx import InfluxSink, make_writer
-from fieldline_pipeline.connectors.mqtt import KEEPALIVE_S, MQTTSink, MQTTSource
+from fieldline_pipeline.connectors.mqtt import (
+    KEEPALIVE_S,
+    MQTTSink,
+    MQTTSource,
+    subscribed_clients,
+)
 from fieldline_pipeline.dataflow import build_dataflow
 from fieldline_pipeline.metrics import METRICS, METRICS_TOPIC_PREFIX, MetricsReporter
 from fieldline_pipeline.settings import PipelineSettings
@@ -42,7 +48,7 @@ def install_signal_handlers(stop: threading.Event) -> None:
 def _metrics_publisher(settings: PipelineSettings) -> tuple[mqtt.Client, Any]:
     s = settings.mqtt
     client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2,
+        CallbackAPIVersion.VERSION2,
         client_id=f"{s.client_id_prefix}-metrics-{settings.instance}",
         protocol=mqtt.MQTTv311,
     )
@@ -55,6 +61,8 @@ def _metrics_publisher(settings: PipelineSettings) -> tuple[mqtt.Client, Any]:
     topic = f"{METRICS_TOPIC_PREFIX}/{settings.instance}"
 
     def publish(snap: dict[str, Any]) -> None:
+        snap["subscribed_clients"] = subscribed_clients()
+        snap["workers"] = settings.workers
         if not snap.get("done"):
             client.publish(topic, orjson.dumps(snap), qos=0)
             return
@@ -86,7 +94,7 @@ def run_pipeline(settings: PipelineSettings) -> None:
     )
     reporter.start()
     try:
-        cli_main(
+        cli_main(  # type: ignore[no-untyped-call]
             flow,
             workers_per_process=settings.workers,
             epoch_interval=timedelta(seconds=settings.epoch_interval_s),

@@ -57,7 +57,7 @@ class WindowResult(NamedTuple):
     sensor: str
     unit: str
     start_ms: int
-    count: int
+    count: int  # type: ignore[assignment]  # shadows tuple.count, on purpose
     mean: float
     min: float
     max: float
@@ -72,7 +72,7 @@ class LateReadings(NamedTuple):
     site: str
     device: str
     sensor: str
-    count: int
+    count: int  # type: ignore[assignment]
 
 
 class _Open:
@@ -99,9 +99,7 @@ class DeviceWindows:
 
     # ------------------------------------------------------------------ input
 
-    def add(
-        self, msg: Telemetry, now_ms: int
-    ) -> tuple[list[WindowResult], list[LateReadings]]:
+    def add(self, msg: Telemetry, now_ms: int) -> tuple[list[WindowResult], list[LateReadings]]:
         """Add one message's readings; return the windows it closed and the late counts."""
         self.site, self.device = msg.site, msg.device
         width = self.config.width_ms
@@ -166,9 +164,19 @@ class DeviceWindows:
                 a = w.agg
                 out.append(
                     WindowResult(
-                        self.site, self.device, sensor, w.unit, start,
-                        a.count, a.mean, a.min, a.max, a.stddev, a.first, a.last,
-                    )  # fmt: skip
+                        self.site,
+                        self.device,
+                        sensor,
+                        w.unit,
+                        start,
+                        a.count,
+                        a.mean,
+                        a.min,
+                        a.max,
+                        a.stddev,
+                        a.first,
+                        a.last,
+                    )
                 )
         return out
 

@@ -26,9 +26,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from fieldline_edge.mqtt import BrokerURL, parse_broker_url
+from fieldline_edge.mqtt import BrokerURL
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,20 @@ MAX_BATCH_MESSAGES = 2_000
 #: broker hold the rest (backpressure instead of unbounded memory).
 MAX_QUEUED_MESSAGES = 50_000
 PUBACK_TIMEOUT_S = 30.0
+
+_subscribed_lock = threading.Lock()
+_subscribed: set[str] = set()
+
+
+def subscribed_clients() -> int:
+    """Source clients of this process whose subscription the broker has granted.
+
+    Producers that start before the pipeline's first subscription would publish
+    into the void (the persistent session does not exist yet), so supervisors
+    such as the demo wait for this to reach the worker count.
+    """
+    with _subscribed_lock:
+        return len(_subscribed)
 
 
 class MqttMessage(NamedTuple):
@@ -71,7 +86,7 @@ class MQTTSettings:
 
 def _new_client(settings: MQTTSettings, client_id: str, clean_session: bool) -> mqtt.Client:
     client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2,
+        CallbackAPIVersion.VERSION2,
         client_id=client_id,
         clean_session=clean_session,
         protocol=mqtt.MQTTv311,
@@ -93,8 +108,10 @@ class _MQTTSourcePartition(StatelessSourcePartition[MqttMessage]):
         self._queue: deque[MqttMessage] = deque()
         self._subscription = f"$share/{settings.group}/{topic_filter}"
         self._closing = False
+        self._client_id = client_id
         self._client = client = _new_client(settings, client_id, clean_session=False)
         client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         b = settings.broker
@@ -115,9 +132,20 @@ class _MQTTSourcePartition(StatelessSourcePartition[MqttMessage]):
             log.error("subscribe to %s failed: %s", self._subscription, mqtt.error_string(result))
         log.info("MQTT connected, subscribed to %s", self._subscription)
 
+    def _on_subscribe(
+        self, _client: mqtt.Client, _ud: Any, _mid: int, reasons: list[Any], _props: Any
+    ) -> None:
+        if any(r.is_failure for r in reasons):
+            log.error("broker refused subscription %s: %s", self._subscription, reasons)
+            return
+        with _subscribed_lock:
+            _subscribed.add(self._client_id)
+
     def _on_disconnect(
         self, _client: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any
     ) -> None:
+        with _subscribed_lock:
+            _subscribed.discard(self._client_id)
         if not self._closing:
             log.warning("MQTT disconnected (%s); reconnecting", reason)
 
@@ -125,7 +153,7 @@ class _MQTTSourcePartition(StatelessSourcePartition[MqttMessage]):
         queue = self._queue
         while len(queue) >= MAX_QUEUED_MESSAGES and not self._closing:
             time.sleep(0.01)
-        queue.append(MqttMessage(msg.topic, msg.payload, int(time.time() * 1000)))
+        queue.append(MqttMessage(msg.topic, bytes(msg.payload), int(time.time() * 1000)))
 
     # Bytewax worker thread -------------------------------------------------
 
@@ -163,9 +191,7 @@ class MQTTSource(DynamicSource[MqttMessage]):
         self._settings = settings
         self._topic_filter = topic_filter
 
-    def build(
-        self, step_id: str, worker_index: int, worker_count: int
-    ) -> _MQTTSourcePartition:
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _MQTTSourcePartition:
         client_id = f"{self._settings.client_id_prefix}-{worker_index}"
         return _MQTTSourcePartition(self._settings, self._topic_filter, client_id)
 
@@ -210,10 +236,6 @@ class MQTTSink(DynamicSink[tuple[str, bytes]]):
         self._settings = settings
         self._name = name
 
-    def build(
-        self, step_id: str, worker_index: int, worker_count: int
-    ) -> _MQTTSinkPartition:
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _MQTTSinkPartition:
         client_id = f"{self._settings.client_id_prefix}-{self._name}-{worker_index}"
         return _MQTTSinkPartition(self._settings, client_id)
-
-

@@ -1,0 +1,77 @@
+"""Pytest fixtures starting real Mosquitto / InfluxDB 1.x / VictoriaMetrics.
+
+Registered through the `pytest11` entry point, so every test in the workspace
+can use them. A missing binary fails the test (ServiceError), never skips it:
+a skipped service test would hide that nothing was tested.
+"""
+
+from __future__ import annotations
+
+import atexit
+import secrets
+from collections.abc import Iterator
+from typing import TypeVar
+
+import pytest
+
+from fieldline_localstack._process import Service
+from fieldline_localstack.influxdb import InfluxDB
+from fieldline_localstack.mosquitto import Mosquitto
+from fieldline_localstack.victoriametrics import VictoriaMetrics
+
+_S = TypeVar("_S", bound=Service)
+_started: list[Service] = []
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    # Safety net if pytest dies before teardown: never leave servers behind.
+    for service in _started:
+        service.kill()
+
+
+def _run(service: _S) -> Iterator[_S]:
+    _started.append(service)
+    try:
+        yield service.start()
+    finally:
+        service.stop()
+        _started.remove(service)
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """A Mosquitto broker shared by the session (`.url` is mqtt://127.0.0.1:PORT).
+
+    Tests must not stop or restart it; use `fresh_mosquitto` for that.
+    """
+    yield from _run(Mosquitto(tmp_path_factory.mktemp("mosquitto")))
+
+
+@pytest.fixture(scope="session")
+def influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB]:
+    """An InfluxDB 1.x server shared by the session; prefer `influx_db` for a database."""
+    yield from _run(InfluxDB(tmp_path_factory.mktemp("influxdb")))
+
+
+@pytest.fixture(scope="session")
+def victoriametrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetrics]:
+    """A VictoriaMetrics server shared by the session (target for /api/v2/write)."""
+    yield from _run(VictoriaMetrics(tmp_path_factory.mktemp("victoriametrics")))
+
+
+@pytest.fixture
+def influx_db(influxdb: InfluxDB) -> Iterator[str]:
+    """Name of a fresh, empty database on `influxdb`, dropped after the test."""
+    name = f"t_{secrets.token_hex(6)}"
+    influxdb.create_database(name)
+    try:
+        yield name
+    finally:
+        influxdb.drop_database(name)
+
+
+@pytest.fixture
+def fresh_mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """A Mosquitto private to the test: free to restart() or kill()."""
+    yield from _run(Mosquitto(tmp_path_factory.mktemp("fresh_mosquitto")))

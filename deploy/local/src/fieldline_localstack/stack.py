@@ -1,0 +1,157 @@
+"""The local stack: Mosquitto + InfluxDB (+ optionally VictoriaMetrics) in one folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from fieldline_localstack._process import Service, ServiceError
+from fieldline_localstack.influxdb import InfluxDB
+from fieldline_localstack.mosquitto import Mosquitto
+from fieldline_localstack.victoriametrics import VictoriaMetrics
+
+DATABASE = "fieldline"
+STATE_FILE = "stack.json"
+
+
+class LocalStack:
+    """Mosquitto and InfluxDB (database "fieldline") with state under `state_dir`.
+
+    `start()` writes `<state_dir>/stack.json` (ports, pids, urls, env vars);
+    `from_state()` rebuilds the stack from that file so another process can
+    report on it or stop it. Services live in `<state_dir>/<service name>/`.
+    """
+
+    def __init__(self, state_dir: str | os.PathLike[str], *, victoriametrics: bool = False) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.mosquitto = Mosquitto(self.state_dir / "mosquitto")
+        self.influxdb = InfluxDB(self.state_dir / "influxdb")
+        self.victoriametrics = (
+            VictoriaMetrics(self.state_dir / "victoriametrics") if victoriametrics else None
+        )
+        self.database = DATABASE
+
+    @property
+    def services(self) -> dict[str, Service]:
+        """The stack's services by name, in start order."""
+        found: dict[str, Service] = {"mosquitto": self.mosquitto, "influxdb": self.influxdb}
+        if self.victoriametrics is not None:
+            found["victoriametrics"] = self.victoriametrics
+        return found
+
+    @property
+    def state_file(self) -> Path:
+        """Path of stack.json."""
+        return self.state_dir / STATE_FILE
+
+    def env(self) -> dict[str, str]:
+        """Environment variables pointing Fieldline components at this stack."""
+        env = {
+            "FIELDLINE_BROKER_URL": self.mosquitto.url,
+            "FIELDLINE_INFLUX_URL": self.influxdb.url,
+            "FIELDLINE_INFLUX_DB": self.database,
+        }
+        if self.victoriametrics is not None:
+            env["FIELDLINE_VM_URL"] = self.victoriametrics.url
+        return env
+
+    def start(self) -> LocalStack:
+        """Start every service, create the database, write stack.json.
+
+        On failure the services already started are stopped again and the
+        ServiceError propagates.
+        """
+        if self._previous_still_running():
+            raise ServiceError(f"a stack is already running in {self.state_dir}")
+        try:
+            for service in self.services.values():
+                service.start()
+            self.influxdb.create_database(self.database)
+        except BaseException:
+            self.stop()
+            raise
+        self._write_state()
+        return self
+
+    def _previous_still_running(self) -> bool:
+        # A stack.json left by a crash or reboot is stale, not an obstacle.
+        if not self.state_file.exists():
+            return False
+        try:
+            return any(LocalStack.from_state(self.state_dir).status().values())
+        except ServiceError:
+            return False
+
+    def stop(self, timeout_s: float = 10) -> None:
+        """Stop every service (reverse order) and remove stack.json."""
+        for service in reversed(list(self.services.values())):
+            service.stop(timeout_s)
+        self.state_file.unlink(missing_ok=True)
+
+    def detach(self) -> None:
+        """Let the services outlive this process (`fieldline stack start`)."""
+        for service in self.services.values():
+            service.detach()
+
+    @property
+    def running(self) -> bool:
+        """True if every service is running."""
+        return all(s.running for s in self.services.values())
+
+    def status(self) -> dict[str, bool]:
+        """Service name -> running."""
+        return {name: s.running for name, s in self.services.items()}
+
+    def describe(self) -> dict[str, Any]:
+        """The stack.json contents."""
+        services: dict[str, Any] = {}
+        for name, s in self.services.items():
+            services[name] = {"pid": s.pid, "port": s.port, "url": s.url}
+        services["influxdb"]["rpc_port"] = self.influxdb.rpc_port
+        return {
+            "state_dir": str(self.state_dir),
+            "database": self.database,
+            "services": services,
+            "env": self.env(),
+        }
+
+    def _write_state(self) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.describe(), indent=2) + "\n")
+        tmp.replace(self.state_file)  # readers never see a half-written file
+
+    @classmethod
+    def from_state(cls, state_dir: str | os.PathLike[str]) -> LocalStack:
+        """Rebuild a stack started by another process from its stack.json.
+
+        Raises ServiceError if there is no (readable) stack.json.
+        """
+        path = Path(state_dir).resolve() / STATE_FILE
+        try:
+            state = json.loads(path.read_text())
+            services = state["services"]
+            stack = cls(state_dir, victoriametrics="victoriametrics" in services)
+            for name, service in stack.services.items():
+                service.port = int(services[name]["port"])
+                service.adopt(int(services[name]["pid"]))
+            stack.influxdb.rpc_port = int(services["influxdb"]["rpc_port"])
+            stack.database = str(state["database"])
+        except FileNotFoundError:
+            raise ServiceError(f"no stack in {path.parent} ({STATE_FILE} not found)") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ServiceError(f"unreadable {path}: {exc!r}") from exc
+        return stack
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,152 @@
+"""The event contract: round trips, validation reasons, topics."""
+
+import json
+
+import pytest
+from fieldline_edge import contract as c
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+TS = 1_700_000_000_000
+TOPIC = c.telemetry_topic("plant-1", "dev-1")
+
+
+def payload(**overrides: object) -> bytes:
+    body: dict[str, object] = {
+        "schema": c.SCHEMA_TELEMETRY_V1,
+        "device": "dev-1",
+        "seq": 3,
+        "readings": [{"sensor": "temp", "ts": TS, "value": 21.5, "unit": "C"}],
+    }
+    body.update(overrides)
+    return json.dumps(body).encode()
+
+
+@pytest.fixture(params=["installed", "stdlib"], autouse=True)
+def json_parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run every test with the fast parser (orjson, as in the pipeline) and with the
+    standard library's (as on a device), which must give the same answers."""
+    if request.param == "stdlib":
+        monkeypatch.setattr(c, "_loads", json.loads)
+    return str(request.param)
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.tuples(st.integers(c.MIN_TIMESTAMP_MS, c.MAX_TIMESTAMP_MS - 1), finite),
+        min_size=1,
+        max_size=50,
+    )
+)
+def test_telemetry_round_trips_exactly(rows: list[tuple[int, float]]) -> None:
+    readings = [c.Reading("temp", ts, v, "C") for ts, v in rows]
+    tel = c.decode_telemetry(TOPIC, c.encode_telemetry("dev-1", 7, readings))
+    assert tel == c.Telemetry("plant-1", "dev-1", 7, readings)
+
+
+def test_integer_values_become_floats() -> None:
+    tel = c.decode_telemetry(TOPIC, payload(readings=[{"sensor": "t", "ts": TS, "value": 3}]))
+    assert tel.readings == [c.Reading("t", TS, 3.0, "")]
+    assert type(tel.readings[0].value) is float
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{", "not_json"),
+        (b'"just a string"', "not_object"),
+        (payload(schema="fieldline.telemetry/2"), "unknown_schema"),
+        (payload(schema=None), "unknown_schema"),
+        (payload(device="dev-2"), "topic_mismatch"),
+        (payload(seq=-1), "wrong_type"),
+        (payload(seq=True), "wrong_type"),
+        (payload(seq=1.5), "wrong_type"),
+        (payload(readings={}), "wrong_type"),
+        (payload(readings=[]), "empty_batch"),
+        (payload(readings=[1]), "wrong_type"),
+        (payload(readings=[{"sensor": "t", "ts": TS}]), "missing_field"),
+        (payload(readings=[{"sensor": "t", "ts": TS, "value": "1"}]), "wrong_type"),
+        (payload(readings=[{"sensor": "t", "ts": TS, "value": True}]), "wrong_type"),
+        (payload(readings=[{"sensor": "t", "ts": 1.5e12, "value": 1}]), "wrong_type"),
+        (payload(readings=[{"sensor": "t", "ts": 0, "value": 1}]), "bad_timestamp"),
+        (payload(readings=[{"sensor": "t", "ts": 10**15, "value": 1}]), "bad_timestamp"),
+        (payload(readings=[{"sensor": "a/b", "ts": TS, "value": 1}]), "bad_id"),
+        (payload(readings=[{"sensor": "t", "ts": TS, "value": 1, "unit": 5}]), "wrong_type"),
+        (
+            payload(
+                readings=[{"sensor": "t", "ts": TS, "value": 1}] * (c.MAX_READINGS_PER_MESSAGE + 1)
+            ),
+            "too_large",
+        ),
+        (b" " * (c.MAX_PAYLOAD_BYTES + 1), "too_large"),
+    ],
+)
+def test_invalid_telemetry_names_the_reason(body: bytes, reason: str) -> None:
+    with pytest.raises(c.ContractError) as info:
+        c.decode_telemetry(TOPIC, body)
+    assert info.value.reason == reason
+    assert info.value.detail
+
+
+def test_huge_integers_are_rejected_whichever_json_parser_runs() -> None:
+    with pytest.raises(c.ContractError) as info:
+        c.decode_telemetry(TOPIC, payload(readings=[{"sensor": "t", "ts": TS, "value": 10**400}]))
+    assert info.value.reason in ("not_json", "non_finite")
+
+
+def test_nan_and_infinity_are_rejected_whichever_json_parser_runs() -> None:
+    for literal in (b"NaN", b"Infinity", b"-Infinity"):
+        body = payload().replace(b"21.5", literal)
+        with pytest.raises(c.ContractError) as info:
+            c.decode_telemetry(TOPIC, body)
+        assert info.value.reason in ("not_json", "non_finite")
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "fieldline/a/b",
+        "other/a/b/telemetry",
+        "fieldline/a/b/status",
+        "fieldline/_x/b/telemetry",
+        "fieldline//b/telemetry",
+    ],
+)
+def test_bad_topics_are_rejected(topic: str) -> None:
+    with pytest.raises(c.ContractError) as info:
+        c.decode_telemetry(topic, payload())
+    assert info.value.reason in ("bad_topic", "bad_id")
+
+
+@pytest.mark.parametrize("good", ["dev-1", "Ünïcødé", "温度計", "a.b_c-d", "x" * 64])
+def test_valid_ids(good: str) -> None:
+    assert c.is_valid_id(good)
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "_sys", ".x", "-x", "a/b", "a+b", "a#", "$x", "a b", "x" * 65, 5]
+)
+def test_invalid_ids(bad: object) -> None:
+    assert not c.is_valid_id(bad)
+
+
+def test_status_alert_and_dead_letter_round_trip() -> None:
+    st_ = c.Status("dev-1", "online", TS, "fieldline-edge/0.1.0", {"cpu_temp": "ok"})
+    assert c.decode_status(c.status_topic("s", "dev-1"), c.encode_status(st_)) == st_
+    alert = c.Alert("dev-1", "temp", TS, 99.0, 7.5, 21.0, "mad")
+    assert c.decode_alert(c.encode_alert(alert)) == alert
+    for original in (b"plain text", b"\xff\xfe binary"):
+        dl = c.DeadLetter("not_json", "bad", TOPIC, original, TS)
+        assert c.decode_dead_letter(c.encode_dead_letter(dl)) == dl
+
+
+def test_topics() -> None:
+    assert c.telemetry_topic("s", "d") == "fieldline/s/d/telemetry"
+    assert c.status_topic("s", "d") == "fieldline/s/d/status"
+    assert c.alerts_topic("s", "d") == "fieldline/s/d/alerts"
+    assert c.dead_letter_topic("not_json") == "fieldline/deadletter/not_json"
+    assert c.parse_device_topic("fieldline/s/d/telemetry") == ("s", "d", "telemetry")
