@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from bytewax._bytewax import cli_main
 from fieldline_edge.contract import TELEMETRY_SUBSCRIPTION
+from paho.mqtt.enums import CallbackAPIVersion
 
 from fieldline_pipeline.connectors.influx import InfluxSink, make_writer
 from fieldline_pipeline.connectors.mqtt import (

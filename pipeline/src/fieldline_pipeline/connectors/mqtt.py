@@ -26,10 +26,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from fieldline_edge.mqtt import BrokerURL
+from paho.mqtt.enums import CallbackAPIVersion
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,453 @@
+"""InfluxDB writers and the Bytewax sink that uses them.
+
+Two write APIs, one contract (:class:`InfluxWriter`):
+
+- :class:`V1Writer`: ``POST /write`` of InfluxDB 1.x (what Debian and Raspberry
+  Pi OS install), through a keep-alive urllib3 pool.
+- :class:`V2Writer`: ``POST /api/v2/write`` (InfluxDB 2.x, 3.x, 1.8+ and
+  VictoriaMetrics), through influxdb-client.
+
+``write(lines)`` is synchronous: when it returns, every line is durable on the
+server. It writes chunks of ``batch_size_lines``; connection errors, HTTP 429
+and 5xx are retried with exponential backoff and jitter (``Retry-After`` wins
+when the server sends it); anything else raises :class:`InfluxWriteError` at
+once. Timestamps are always milliseconds (``precision=ms``).
+
+Example::
+
+    writer = make_writer(InfluxV1Config("http://127.0.0.1:8086", "fieldline"))
+    try:
+        writer.write(["reading_window,device=d1,sensor=t mean=21.5 1700000000000"])
+    finally:
+        writer.close()
+"""
+
+from __future__ import annotations
+
+import email.utils
+import gzip
+import json
+import logging
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from threading import Lock
+from typing import Protocol, cast
+from urllib.parse import urlencode
+
+import urllib3
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from influxdb_client.client.influxdb_client import InfluxDBClient
+from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.domain.write_precision import WritePrecision
+from influxdb_client.rest import ApiException
+from typing_extensions import override
+
+__all__ = [
+    "InfluxConfig",
+    "InfluxSink",
+    "InfluxV1Config",
+    "InfluxV2Config",
+    "InfluxWriteError",
+    "InfluxWriter",
+    "V1Writer",
+    "V2Writer",
+    "WriteOptions",
+    "WriterStats",
+    "make_writer",
+]
+
+logger = logging.getLogger(__name__)
+
+BODY_EXCERPT_CHARS = 500
+# Line protocol repeats itself a lot, so the fastest level already shrinks a
+# body several times over; higher levels cost CPU in the hot path for little.
+GZIP_LEVEL = 1
+
+# Indirection so tests can record retry delays instead of waiting them out.
+_sleep = time.sleep
+
+
+def _check_url(url: str) -> None:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"InfluxDB url must start with http:// or https://, got {url!r}")
+
+
+@dataclass(frozen=True)
+class InfluxV1Config:
+    """Where and how to write with the InfluxDB 1.x ``/write`` API.
+
+    >>> InfluxV1Config("http://127.0.0.1:8086", "fieldline", username="u", password="s")
+    ... # doctest: +NORMALIZE_WHITESPACE
+    InfluxV1Config(url='http://127.0.0.1:8086', database='fieldline',
+                   retention_policy=None, username='u')
+    """
+
+    url: str
+    database: str
+    retention_policy: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_url(self.url)
+        if not self.database:
+            raise ValueError("database must not be empty")
+        if self.password is not None and self.username is None:
+            raise ValueError("a password needs a username")
+
+
+@dataclass(frozen=True)
+class InfluxV2Config:
+    """Where and how to write with the ``/api/v2/write`` API (influxdb-client).
+
+    >>> InfluxV2Config("http://127.0.0.1:8086", org="fieldline", bucket="telemetry", token="t")
+    InfluxV2Config(url='http://127.0.0.1:8086', org='fieldline', bucket='telemetry')
+    """
+
+    url: str
+    org: str
+    bucket: str
+    token: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_url(self.url)
+        if not self.bucket:
+            raise ValueError("bucket must not be empty")
+
+
+InfluxConfig = InfluxV1Config | InfluxV2Config
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """Chunking, compression, retries and timeouts of a writer."""
+
+    batch_size_lines: int = 5000
+    gzip: bool = True
+    max_retries: int = 5
+    retry_initial_delay_s: float = 0.5
+    retry_max_delay_s: float = 30.0
+    retry_jitter_s: float = 0.25
+    timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.batch_size_lines < 1:
+            raise ValueError("batch_size_lines must be at least 1")
+        if self.max_retries < 0:
+            raise ValueError("max_retries must not be negative")
+        if min(self.retry_initial_delay_s, self.retry_max_delay_s, self.retry_jitter_s) < 0:
+            raise ValueError("retry delays must not be negative")
+        if self.timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+
+
+@dataclass
+class WriterStats:
+    """Counters of one writer: successful requests, lines written, retries, failures."""
+
+    writes: int = 0
+    lines: int = 0
+    retries: int = 0
+    errors: int = 0
+
+    def __iadd__(self, other: WriterStats) -> WriterStats:
+        self.writes += other.writes
+        self.lines += other.lines
+        self.retries += other.retries
+        self.errors += other.errors
+        return self
+
+
+class InfluxWriteError(Exception):
+    """A chunk of lines could not be written.
+
+    ``status`` is the HTTP status of the last attempt (``None`` when the server
+    could not be reached); ``body`` is an excerpt of its answer.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, body: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class InfluxWriter(Protocol):
+    """Writes line protocol synchronously; see the module docstring."""
+
+    @property
+    def stats(self) -> WriterStats: ...
+
+    def write(self, lines: Sequence[str]) -> None: ...
+
+    def ping(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """Outcome of one request; ``status is None`` means no answer at all."""
+
+    status: int | None
+    body: str = ""
+    retry_after_s: float | None = None
+    retryable: bool | None = None  # None: decide by status
+
+
+def _excerpt(body: bytes | str | None) -> str:
+    if body is None:
+        return ""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        # Both APIs answer errors as JSON; the message is what a reader needs.
+        doc = json.loads(text)
+        if isinstance(doc, dict):
+            text = str(doc.get("error") or doc.get("message") or text)
+    except ValueError:
+        pass
+    return text[:BODY_EXCERPT_CHARS]
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+class _RetryingWriter:
+    """Chunking, retries, logging and stats; subclasses send one chunk."""
+
+    def __init__(self, options: WriteOptions) -> None:
+        self._options = options
+        self._stats = WriterStats()
+        self._random = random.Random()
+
+    @property
+    def stats(self) -> WriterStats:
+        return self._stats
+
+    def _send(self, chunk: Sequence[str]) -> _Attempt:
+        raise NotImplementedError
+
+    def write(self, lines: Sequence[str]) -> None:
+        size = self._options.batch_size_lines
+        for start in range(0, len(lines), size):
+            self._write_chunk(lines[start : start + size])
+
+    def _write_chunk(self, chunk: Sequence[str]) -> None:
+        opts = self._options
+        retry = 0
+        while True:
+            started = time.monotonic()
+            attempt = self._send(chunk)
+            status = attempt.status
+            if status is not None and 200 <= status < 300:
+                self._stats.writes += 1
+                self._stats.lines += len(chunk)
+                logger.debug("wrote %d lines in %.3f s", len(chunk), time.monotonic() - started)
+                return
+            retryable = attempt.retryable
+            if retryable is None:
+                retryable = status is None or status == 429 or status >= 500
+            what = f"HTTP {status}" if status is not None else "no answer"
+            if not retryable or retry >= opts.max_retries:
+                self._stats.errors += 1
+                tries = f" after {retry} retries" if retry else ""
+                raise InfluxWriteError(
+                    f"writing {len(chunk)} lines failed{tries}: {what}: {attempt.body}",
+                    status=status,
+                    body=attempt.body,
+                )
+            delay = self._delay(retry, attempt)
+            retry += 1
+            self._stats.retries += 1
+            logger.warning(
+                "writing %d lines failed (%s: %s); retry %d/%d in %.2f s",
+                len(chunk), what, attempt.body, retry, opts.max_retries, delay,
+            )  # fmt: skip
+            _sleep(delay)
+
+    def _delay(self, retry: int, attempt: _Attempt) -> float:
+        opts = self._options
+        if attempt.retry_after_s is not None and attempt.status in (429, 503):
+            return min(attempt.retry_after_s, opts.retry_max_delay_s)
+        backoff = min(opts.retry_initial_delay_s * 2.0**retry, opts.retry_max_delay_s)
+        # Jitter keeps workers that failed together from retrying together.
+        return backoff + self._random.uniform(0.0, opts.retry_jitter_s)
+
+
+class V1Writer(_RetryingWriter):
+    """Writes to InfluxDB 1.x ``/write`` (query params db, rp, precision=ms)."""
+
+    def __init__(self, config: InfluxV1Config, options: WriteOptions | None = None) -> None:
+        super().__init__(options or WriteOptions())
+        self._config = config
+        base = config.url.rstrip("/")
+        params = {"db": config.database, "precision": "ms"}
+        if config.retention_policy:
+            params["rp"] = config.retention_policy
+        self._write_url = f"{base}/write?{urlencode(params)}"
+        self._ping_url = f"{base}/ping"
+        headers = {"Content-Type": "text/plain; charset=utf-8"}
+        if config.username is not None:
+            auth = f"{config.username}:{config.password or ''}"
+            headers.update(urllib3.util.make_headers(basic_auth=auth))
+        self._headers = headers
+        # retries=False: our loop owns retries; urllib3 would hide them from stats.
+        self._http = urllib3.PoolManager(
+            num_pools=1,
+            maxsize=1,
+            retries=False,
+            timeout=urllib3.Timeout(total=self._options.timeout_s),
+        )
+
+    @override
+    def _send(self, chunk: Sequence[str]) -> _Attempt:
+        body = "\n".join(chunk).encode("utf-8")
+        headers = self._headers
+        if self._options.gzip:
+            body = gzip.compress(body, compresslevel=GZIP_LEVEL)
+            headers = {**headers, "Content-Encoding": "gzip"}
+        try:
+            resp = self._http.request("POST", self._write_url, body=body, headers=headers)
+        except urllib3.exceptions.HTTPError as exc:
+            return _Attempt(status=None, body=str(exc)[:BODY_EXCERPT_CHARS])
+        text = _excerpt(resp.data)
+        # InfluxDB 1.x answers 500 for a missing retention policy: not transient.
+        retryable = False if "retention policy not found" in text else None
+        return _Attempt(
+            status=resp.status,
+            body=text,
+            retry_after_s=_parse_retry_after(resp.headers.get("Retry-After")),
+            retryable=retryable,
+        )
+
+    def ping(self) -> bool:
+        """Whether the server answers ``GET /ping`` with 204."""
+        try:
+            resp = self._http.request("GET", self._ping_url, headers=self._headers)
+        except urllib3.exceptions.HTTPError:
+            return False
+        return resp.status == 204
+
+    def close(self) -> None:
+        self._http.clear()
+
+
+class V2Writer(_RetryingWriter):
+    """Writes to ``/api/v2/write`` through influxdb-client (synchronous API)."""
+
+    def __init__(self, config: InfluxV2Config, options: WriteOptions | None = None) -> None:
+        super().__init__(options or WriteOptions())
+        self._config = config
+        # influxdb-client's own retries stay off (its default): ours count and log.
+        self._client = InfluxDBClient(
+            url=config.url,
+            token=config.token or "",  # empty: no Authorization header
+            org=config.org,
+            enable_gzip=self._options.gzip,
+            timeout=int(self._options.timeout_s * 1000),
+        )
+        self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
+
+    @override
+    def _send(self, chunk: Sequence[str]) -> _Attempt:
+        try:
+            self._write_api.write(
+                self._config.bucket,
+                self._config.org,
+                record=list(chunk),
+                # The library annotates the class, but its members are plain strings.
+                write_precision=cast(WritePrecision, WritePrecision.MS),
+            )
+        except ApiException as exc:
+            headers: Mapping[str, str] = exc.headers or {}
+            return _Attempt(
+                status=exc.status,
+                body=_excerpt(exc.body),
+                retry_after_s=_parse_retry_after(headers.get("Retry-After")),
+            )
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            return _Attempt(status=None, body=str(exc)[:BODY_EXCERPT_CHARS])
+        return _Attempt(status=204)
+
+    def ping(self) -> bool:
+        """Whether the server answers influxdb-client's ping."""
+        return bool(self._client.ping())
+
+    def close(self) -> None:
+        # influxdb-client is untyped here.
+        self._write_api.close()  # type: ignore[no-untyped-call]
+        self._client.close()  # type: ignore[no-untyped-call]
+
+
+def make_writer(config: InfluxConfig, options: WriteOptions | None = None) -> InfluxWriter:
+    """Build the writer for ``config``'s API."""
+    if isinstance(config, InfluxV1Config):
+        return V1Writer(config, options)
+    return V2Writer(config, options)
+
+
+class _InfluxSinkPartition(StatelessSinkPartition[str]):
+    def __init__(self, writer: InfluxWriter) -> None:
+        self.writer = writer
+
+    @override
+    def write_batch(self, items: list[str]) -> None:
+        # Synchronous on purpose: the batch is durable before the dataflow moves on.
+        self.writer.write(items)
+
+    @override
+    def close(self) -> None:
+        self.writer.close()
+
+
+class InfluxSink(DynamicSink[str]):
+    """Write line-protocol lines (one item = one line) to InfluxDB.
+
+    Unit of parallelism: one writer (one HTTP connection) per worker; each
+    worker writes the lines that reach it.
+
+    Delivery guarantee: at-least-once. Each batch is written synchronously, so
+    it is durable before the dataflow goes on; a failed write raises
+    :class:`InfluxWriteError` and stops the dataflow rather than dropping lines,
+    and a resume replays from the last snapshot. Replays are harmless: a
+    point's identity is measurement + tags + time, so a rewrite overwrites it.
+
+    ``stats()`` sums the counters of the writers built in this process.
+    """
+
+    def __init__(self, config: InfluxConfig, options: WriteOptions | None = None) -> None:
+        self.config = config
+        self.options = options or WriteOptions()
+        self._writers: list[InfluxWriter] = []
+        self._lock = Lock()
+
+    @override
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _InfluxSinkPartition:
+        writer = make_writer(self.config, self.options)
+        with self._lock:
+            self._writers.append(writer)
+        return _InfluxSinkPartition(writer)
+
+    def stats(self) -> WriterStats:
+        total = WriterStats()
+        with self._lock:
+            for writer in self._writers:
+                total += writer.stats
+        return total
