@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 export UV_LINK_MODE ?= copy
+# uv may live in .tools/ (installed by bootstrap.sh); tests call it too.
+export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
 .PHONY: setup demo test lint fmt bench soak clean
 

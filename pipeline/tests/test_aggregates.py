@@ -1,10 +1,9 @@
 import math
 import statistics
 
+from fieldline_pipeline.aggregates import Agg
 from hypothesis import given
 from hypothesis import strategies as st
-
-from fieldline_pipeline.aggregates import Agg
 
 values = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 
@@ -43,7 +42,12 @@ def test_merge_equals_single_pass(vs: list[float], cut: int) -> None:
     assert left.count == whole.count
     assert _close(left.mean, whole.mean)
     assert _close(left.stddev, whole.stddev)
-    assert (left.min, left.max, left.first, left.last) == (whole.min, whole.max, whole.first, whole.last)
+    assert (left.min, left.max, left.first, left.last) == (
+        whole.min,
+        whole.max,
+        whole.first,
+        whole.last,
+    )
 
 
 def test_first_and_last_follow_timestamps_not_arrival() -> None:

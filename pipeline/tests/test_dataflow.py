@@ -11,7 +11,6 @@ from fieldline_edge.contract import (
     encode_telemetry,
     telemetry_topic,
 )
-
 from fieldline_pipeline.connectors.mqtt import MqttMessage
 from fieldline_pipeline.dataflow import build_dataflow
 from fieldline_pipeline.metrics import PipelineMetrics
@@ -32,7 +31,9 @@ def parse_line(line: str) -> tuple[dict[str, str], dict[str, float], int]:
     return tags, values, int(ts)
 
 
-def run(msgs: list[MqttMessage], cfg: WindowConfig) -> tuple[list[str], list[tuple[str, bytes]], PipelineMetrics]:
+def run(
+    msgs: list[MqttMessage], cfg: WindowConfig
+) -> tuple[list[str], list[tuple[str, bytes]], PipelineMetrics]:
     lines: list[str] = []
     dead: list[tuple[str, bytes]] = []
     metrics = PipelineMetrics()
@@ -99,7 +100,10 @@ def test_malformed_events_become_dead_letters_and_good_ones_still_flow() -> None
     bad = [
         (b"not json at all", "not_json"),
         (b"[1,2,3]", "not_object"),
-        (b'{"schema":"fieldline.telemetry/99","device":"d1","seq":1,"readings":[]}', "unknown_schema"),
+        (
+            b'{"schema":"fieldline.telemetry/99","device":"d1","seq":1,"readings":[]}',
+            "unknown_schema",
+        ),
         (b'{"schema":"fieldline.telemetry/1","device":"d1","seq":"x","readings":[]}', "wrong_type"),
         (b'{"schema":"fieldline.telemetry/1","device":"d1","seq":1}', "missing_field"),
         (
@@ -117,12 +121,14 @@ def test_malformed_events_become_dead_letters_and_good_ones_still_flow() -> None
     msgs = [MqttMessage(topic, payload, 7) for payload, _ in bad]
     msgs.append(telemetry("d1", 0, [("t", T0, 4.0)]))
     lines, dead, metrics = run(msgs, cfg)
-    assert len(lines) == 1 and "count=1i" in lines[0]
+    assert len(lines) == 1
+    assert "count=1i" in lines[0]
     assert [t for t, _ in dead] == [f"fieldline/deadletter/{r}" for _, r in bad]
     for (payload, reason), (_, body) in zip(bad, dead):
         dl = decode_dead_letter(body)
         assert dl.reason == reason
         assert dl.payload == payload  # kept whole, so it can be replayed
-        assert dl.topic == topic and dl.detail
+        assert dl.topic == topic
+        assert dl.detail
         assert orjson.loads(body)["received_ts"] == 7
     assert metrics.snapshot()["dead_letters_by_reason"]["not_json"] == 2

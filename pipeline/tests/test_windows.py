@@ -1,6 +1,5 @@
 import pytest
 from fieldline_edge.contract import Reading, Telemetry
-
 from fieldline_pipeline.windows import DeviceWindows, WindowConfig
 
 T0 = 1_700_000_000_000  # a multiple of 10 s
@@ -14,21 +13,24 @@ def msg(seq: int, *readings: tuple[str, int, float]) -> Telemetry:
 def test_window_closes_only_after_lateness() -> None:
     w = DeviceWindows(CFG)
     closed, late = w.add(msg(0, ("t", T0 + 1_000, 1.0), ("t", T0 + 9_999, 3.0)), 0)
-    assert closed == [] and late == []
+    assert closed == []
+    assert late == []
     closed, _ = w.add(msg(1, ("t", T0 + 11_999, 5.0)), 0)  # 10 s + 2 s lateness not reached
     assert closed == []
     closed, _ = w.add(msg(2, ("t", T0 + 12_000, 7.0)), 0)
     assert [(c.start_ms, c.count, c.mean, c.min, c.max, c.first, c.last) for c in closed] == [
         (T0, 2, 2.0, 1.0, 3.0, 1.0, 3.0)
     ]
-    assert closed[0].site == "site" and closed[0].unit == "u"
+    assert closed[0].site == "site"
+    assert closed[0].unit == "u"
 
 
 def test_out_of_order_within_lateness_is_kept() -> None:
     w = DeviceWindows(CFG)
     w.add(msg(0, ("t", T0 + 11_000, 1.0)), 0)
     closed, late = w.add(msg(1, ("t", T0 + 9_000, 2.0)), 0)  # behind, but window still open
-    assert late == [] and closed == []
+    assert late == []
+    assert closed == []
     closed = w.close_all()
     assert sorted((c.start_ms, c.count) for c in closed) == [(T0, 1), (T0 + 10_000, 1)]
 
@@ -68,7 +70,11 @@ def test_snapshot_restore_continues_identically() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "word"),
-    [({"width_ms": 0}, "width"), ({"lateness_ms": -1}, "lateness"), ({"idle_timeout_ms": 0}, "idle")],
+    [
+        ({"width_ms": 0}, "width"),
+        ({"lateness_ms": -1}, "lateness"),
+        ({"idle_timeout_ms": 0}, "idle"),
+    ],
 )
 def test_bad_config_is_rejected(kwargs: dict[str, int], word: str) -> None:
     with pytest.raises(ValueError, match=word):
