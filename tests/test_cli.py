@@ -10,7 +10,11 @@ from fieldline_localstack.processes import fieldline_command
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        fieldline_command(*args), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+        fieldline_command(*args),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
 
 

@@ -319,12 +319,14 @@ def _telemetry_v1(site: str, device: str, obj: dict[str, Any]) -> Telemetry:
 
 
 def decode_status(topic: str, payload: bytes) -> Status:
-    _, _device, kind = parse_device_topic(topic)
+    _, device, kind = parse_device_topic(topic)
     if kind != "status":
         raise ContractError("bad_topic", f"not a status topic: {topic!r}")
     obj = _load_object(payload)
     if obj.get("schema") != SCHEMA_STATUS_V1:
         raise ContractError("unknown_schema", f"schema {obj.get('schema')!r} is not known")
+    if _field(obj, "device") != device:
+        raise ContractError("topic_mismatch", f"payload device != topic device {device!r}")
     state = _field(obj, "state")
     if state not in ("online", "offline"):
         raise ContractError("wrong_type", f"state must be online or offline, got {state!r}")
@@ -332,7 +334,7 @@ def decode_status(topic: str, payload: bytes) -> Status:
     if not _is_int(ts):
         raise ContractError("wrong_type", "ts must be integer milliseconds")
     sensors = obj.get("sensors")
-    return Status(_field(obj, "device"), state, ts, str(obj.get("agent", "")), sensors)
+    return Status(device, state, ts, str(obj.get("agent", "")), sensors)
 
 
 def decode_alert(payload: bytes) -> Alert:
