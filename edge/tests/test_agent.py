@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
@@ -71,7 +72,9 @@ def test_agent_publishes_telemetry_and_status(mosquitto: Any, subscribe: Subscri
         report = running.stop()
 
     batches = telemetry(msgs, tele_topic)
-    assert [t.seq for t in batches[:5]] == [0, 1, 2, 3, 4]
+    seq0 = batches[0].seq  # the agent's start time in ms (contract.initial_seq)
+    assert abs(seq0 - time.time() * 1000) < 3_600_000
+    assert [t.seq for t in batches[:5]] == list(range(seq0, seq0 + 5))
     for batch in batches:
         assert batch.device == device
         assert len(batch.readings) == 4  # batch_size, two sensors sampled together
@@ -85,7 +88,7 @@ def test_agent_publishes_telemetry_and_status(mosquitto: Any, subscribe: Subscri
     assert report.dropped_readings == 0
     msgs = sub.wait_for(lambda ms: len(telemetry(ms, tele_topic)) == report.published_messages)
     batches = telemetry(msgs, tele_topic)
-    assert [t.seq for t in batches] == list(range(report.published_messages))
+    assert [t.seq for t in batches] == list(range(seq0, seq0 + report.published_messages))
     assert sum(len(t.readings) for t in batches) == report.published_readings
 
     # The readings are the simulated sensors' deterministic values.

@@ -11,17 +11,26 @@ from fieldline_edge.contract import (
     encode_telemetry,
     telemetry_topic,
 )
+from fieldline_pipeline.clock import IngestClock
 from fieldline_pipeline.connectors.mqtt import MqttMessage
 from fieldline_pipeline.dataflow import build_dataflow
 from fieldline_pipeline.metrics import PipelineMetrics
 from fieldline_pipeline.windows import WindowConfig
 
 T0 = 1_700_000_000_000
+RECEIVED = T0 + 60_000  # when the intake received the messages
 
 
 def telemetry(device: str, seq: int, readings: list[tuple[str, int, float]]) -> MqttMessage:
     payload = encode_telemetry(device, seq, [Reading(s, ts, v, "C") for s, ts, v in readings])
-    return MqttMessage(telemetry_topic("lab", device), payload, 0)
+    return MqttMessage(telemetry_topic("lab", device), payload, RECEIVED)
+
+
+class FrozenClock(IngestClock):
+    """Ingest time standing at RECEIVED, as if the messages had just arrived."""
+
+    def now_ms(self) -> int:
+        return RECEIVED
 
 
 def parse_line(line: str) -> tuple[dict[str, str], dict[str, float], int]:
@@ -37,7 +46,9 @@ def run(
     lines: list[str] = []
     dead: list[tuple[str, bytes]] = []
     metrics = PipelineMetrics()
-    flow = build_dataflow(TestingSource(msgs), TestingSink(lines), TestingSink(dead), cfg, metrics)
+    flow = build_dataflow(
+        TestingSource(msgs), TestingSink(lines), TestingSink(dead), cfg, metrics, FrozenClock()
+    )
     run_main(flow)
     return lines, dead, metrics
 
@@ -118,7 +129,7 @@ def test_malformed_events_become_dead_letters_and_good_ones_still_flow() -> None
             "topic_mismatch",
         ),
     ]
-    msgs = [MqttMessage(topic, payload, 7) for payload, _ in bad]
+    msgs = [MqttMessage(topic, payload, RECEIVED) for payload, _ in bad]
     msgs.append(telemetry("d1", 0, [("t", T0, 4.0)]))
     lines, dead, metrics = run(msgs, cfg)
     assert len(lines) == 1
@@ -130,5 +141,29 @@ def test_malformed_events_become_dead_letters_and_good_ones_still_flow() -> None
         assert dl.payload == payload  # kept whole, so it can be replayed
         assert dl.topic == topic
         assert dl.detail
-        assert orjson.loads(body)["received_ts"] == 7
+        assert orjson.loads(body)["received_ts"] == RECEIVED
     assert metrics.snapshot()["dead_letters_by_reason"]["not_json"] == 2
+
+
+def test_duplicates_are_dropped_and_counted() -> None:
+    cfg = WindowConfig(width_ms=1_000, lateness_ms=0)
+    first = telemetry("d1", 7, [("t", T0 + 10, 1.0)])
+    msgs = [first, telemetry("d1", 8, [("t", T0 + 20, 2.0)]), first]  # QoS 1 redelivery
+    lines, _, metrics = run(msgs, cfg)
+    assert [parse_line(line)[1]["count"] for line in lines] == [2]
+    assert metrics.snapshot()["duplicates"] == 1
+
+
+def test_a_device_clock_far_ahead_is_dead_lettered_without_holding_others_back() -> None:
+    cfg = WindowConfig(width_ms=1_000, lateness_ms=0)
+    hours_ahead = RECEIVED + 3 * 3600 * 1000
+    msgs = [
+        telemetry("skewed", 0, [("t", hours_ahead, 1.0)]),
+        telemetry("d1", 0, [("t", T0 + 10, 1.0)]),
+        telemetry("d1", 1, [("t", T0 + 1_500, 2.0)]),
+        telemetry("d1", 2, [("t", T0 + 20, 3.0)]),  # late for d1 only
+    ]
+    lines, dead, metrics = run(msgs, cfg)
+    assert [t for t, _ in dead] == ["fieldline/deadletter/future_timestamp"]
+    assert sorted(parse_line(line)[1]["count"] for line in lines) == [1, 1]
+    assert metrics.snapshot()["late_readings"] == 1

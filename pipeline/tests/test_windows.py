@@ -49,13 +49,13 @@ def test_late_readings_are_counted_not_merged() -> None:
 
 def test_idle_device_windows_close_by_system_time() -> None:
     w = DeviceWindows(CFG)
-    w.add(msg(0, ("t", T0 + 1_000, 1.0)), now_ms=100)
+    w.add(msg(0, ("t", T0 + 1_000, 1.0)), received_ms=100)
     assert w.next_idle_close_ms() == 100 + 30_000
     assert w.on_time(100 + 29_999) == []
     closed = w.on_time(100 + 30_000)
     assert [(c.start_ms, c.count) for c in closed] == [(T0, 1)]
     assert w.next_idle_close_ms() is None
-    _, late = w.add(msg(1, ("t", T0 + 5_000, 1.0)), now_ms=40_000)
+    _, late = w.add(msg(1, ("t", T0 + 5_000, 1.0)), received_ms=40_000)
     assert [lr.count for lr in late] == [1]
 
 
@@ -79,3 +79,26 @@ def test_snapshot_restore_continues_identically() -> None:
 def test_bad_config_is_rejected(kwargs: dict[str, int], word: str) -> None:
     with pytest.raises(ValueError, match=word):
         WindowConfig(**kwargs)
+
+
+def test_duplicate_sequence_numbers_are_detected_within_the_window() -> None:
+    w = DeviceWindows(CFG)
+    assert [w.is_duplicate(s) for s in (5, 6, 5, 9, 7, 7, 6, 10)] == [
+        False, False, True, False, False, True, True, False,
+    ]  # fmt: skip
+
+
+def test_a_counter_that_went_far_back_is_accepted() -> None:
+    w = DeviceWindows(CFG)
+    assert not w.is_duplicate(1_000_000)
+    assert not w.is_duplicate(3)  # device restarted without its counter
+    assert w.is_duplicate(1_000_000)
+
+
+def test_dedupe_state_survives_snapshot() -> None:
+    a = DeviceWindows(CFG)
+    for s in (1, 2, 3):
+        a.is_duplicate(s)
+    b = DeviceWindows.restore(a.snapshot(), CFG)
+    assert b.is_duplicate(2)
+    assert not b.is_duplicate(4)

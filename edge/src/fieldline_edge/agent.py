@@ -182,7 +182,7 @@ class Agent:
         batch_size: int = 10,
         max_batch_delay_s: float = MAX_BATCH_DELAY_S,
         ack_timeout_s: float = ACK_TIMEOUT_S,
-        start_seq: int = 0,
+        start_seq: Optional[int] = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if interval_s <= 0:
@@ -211,7 +211,8 @@ class Agent:
         self.dropped_readings = 0
         will = Message(self.status_topic, contract.encode_status(self.status("offline")))
         self.connection = Connection(broker, f"fieldline-edge-{site}-{device}", will=will)
-        self.publisher = DevicePublisher(self.connection.client, site, device, start_seq=start_seq)
+        seq0 = contract.initial_seq(clock()) if start_seq is None else start_seq
+        self.publisher = DevicePublisher(self.connection.client, site, device, start_seq=seq0)
 
     def status(self, state: str) -> Status:
         """The device's status now, with each sensor's last state."""

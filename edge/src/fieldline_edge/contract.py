@@ -22,6 +22,7 @@ import base64
 import json
 import math
 import re
+import time
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 try:  # pragma: no cover - which branch runs depends on what is installed
@@ -165,6 +166,17 @@ def parse_device_topic(topic: str) -> tuple[str, str, str]:
     check_id("site", site)
     check_id("device", device)
     return site, device, kind
+
+
+def initial_seq(now_s: Optional[float] = None) -> int:
+    """Where a device without a persisted counter starts ``seq``: its start time in ms.
+
+    Consumers drop a message whose ``seq`` they have seen (QoS 1 may deliver twice),
+    so a restarted device must not count from 0 again. Starting at the Unix time
+    in milliseconds keeps ``seq`` increasing across restarts as long as a device
+    sends fewer than 1,000 messages a second.
+    """
+    return int((time.time() if now_s is None else now_s) * 1000)
 
 
 def is_valid_id(value: object) -> bool:

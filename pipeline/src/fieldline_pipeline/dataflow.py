@@ -12,8 +12,8 @@ State is keyed by ``site/device``; Bytewax routes each device to one worker.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any
+from datetime import datetime, timedelta, timezone
+from typing import Any, NamedTuple
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -30,6 +30,7 @@ from fieldline_edge.contract import (
     encode_dead_letter,
 )
 
+from fieldline_pipeline.clock import IngestClock, WallClock
 from fieldline_pipeline.connectors.mqtt import MqttMessage
 from fieldline_pipeline.lineprotocol import format_line
 from fieldline_pipeline.metrics import METRICS, PipelineMetrics
@@ -38,16 +39,38 @@ from fieldline_pipeline.windows import DeviceWindows, WindowConfig, WindowResult
 __all__ = ["TELEMETRY_SUBSCRIPTION", "build_dataflow", "decode_message", "window_line"]
 
 WINDOW_MEASUREMENT = "reading_window"
+#: Readings stamped further ahead of the pipeline's receive time than this come
+#: from a device whose clock is wrong; they would hold windows open and are
+#: dead-lettered (reason ``future_timestamp``) instead.
+DEFAULT_MAX_FUTURE_MS = 5 * 60 * 1000
 
 
-def _now_ms() -> int:
-    return int(datetime.now(timezone.utc).timestamp() * 1000)
+class Accepted(NamedTuple):
+    """A valid message and when the pipeline's intake received it."""
+
+    tel: Telemetry
+    received_ms: int
 
 
-def decode_message(msg: MqttMessage, metrics: PipelineMetrics = METRICS) -> Telemetry | DeadLetter:
-    """Decode one message, or turn it into a dead letter with the reason. Never raises."""
+def decode_message(
+    msg: MqttMessage,
+    metrics: PipelineMetrics = METRICS,
+    max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
+) -> Accepted | DeadLetter:
+    """Decode one message, or turn it into a dead letter with the reason. Never raises.
+
+    The future check compares with the message's receive time, not with the time
+    of processing, so a replay decides exactly as the first run did.
+    """
     try:
         tel = decode_telemetry(msg.topic, msg.payload)
+        newest = max(r.ts for r in tel.readings)
+        if newest > msg.received_ms + max_future_ms:
+            raise ContractError(
+                "future_timestamp",
+                f"a reading is stamped {(newest - msg.received_ms) / 1000:.0f} s ahead of "
+                f"the pipeline's clock (tolerance {max_future_ms / 1000:.0f} s)",
+            )
     except ContractError as exc:
         metrics.on_dead_letter(exc.reason)
         return DeadLetter(exc.reason, exc.detail, msg.topic, msg.payload, msg.received_ms)
@@ -58,7 +81,7 @@ def decode_message(msg: MqttMessage, metrics: PipelineMetrics = METRICS) -> Tele
             msg.received_ms,
         )  # fmt: skip
     metrics.on_message(len(tel.readings))
-    return tel
+    return Accepted(tel, msg.received_ms)
 
 
 def window_line(w: WindowResult) -> str:
@@ -79,28 +102,37 @@ def window_line(w: WindowResult) -> str:
     )
 
 
-class _WindowLogic(StatefulBatchLogic[Telemetry, WindowResult, dict[str, Any]]):
-    def __init__(self, windows: DeviceWindows, metrics: PipelineMetrics) -> None:
+class _WindowLogic(StatefulBatchLogic[Accepted, WindowResult, dict[str, Any]]):
+    def __init__(
+        self, windows: DeviceWindows, metrics: PipelineMetrics, clock: IngestClock
+    ) -> None:
         self._w = windows
         self._metrics = metrics
+        self._clock = clock
 
-    def on_batch(self, values: list[Telemetry]) -> tuple[list[WindowResult], bool]:
-        now = _now_ms()
+    def on_batch(self, values: list[Accepted]) -> tuple[list[WindowResult], bool]:
+        w = self._w
         out: list[WindowResult] = []
-        late_total = 0
-        for msg in values:
-            closed, late = self._w.add(msg, now)
+        late_total = duplicates = 0
+        for tel, received_ms in values:
+            if w.is_duplicate(tel.seq):
+                duplicates += 1
+                continue
+            closed, late = w.add(tel, received_ms)
             out.extend(closed)
             for lr in late:
                 late_total += lr.count
+        m = self._metrics
         if late_total:
-            self._metrics.on_late(late_total)
-        self._metrics.on_event_time(self._w.max_ts)
-        self._metrics.on_windows(len(out))
+            m.on_late(late_total)
+        if duplicates:
+            m.on_duplicates(duplicates)
+        m.on_event_time(w.max_ts)
+        m.on_windows(len(out))
         return out, StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[WindowResult], bool]:
-        out = self._w.on_time(_now_ms())
+        out = self._w.on_time(self._clock.now_ms())
         self._metrics.on_windows(len(out))
         return out, StatefulBatchLogic.RETAIN
 
@@ -113,7 +145,11 @@ class _WindowLogic(StatefulBatchLogic[Telemetry, WindowResult, dict[str, Any]]):
 
     def notify_at(self) -> datetime | None:
         due = self._w.next_idle_close_ms()
-        return None if due is None else datetime.fromtimestamp(due / 1000, tz=timezone.utc)
+        if due is None:
+            return None
+        # `due` is in ingest time; wake up when the ingest clock could reach it.
+        wait_ms = max(0, due - self._clock.now_ms())
+        return datetime.now(timezone.utc) + timedelta(milliseconds=wait_ms)
 
     def snapshot(self) -> dict[str, Any]:
         return self._w.snapshot()
@@ -125,13 +161,19 @@ def build_dataflow(
     dead_letter_sink: Sink[tuple[str, bytes]],
     config: WindowConfig,
     metrics: PipelineMetrics = METRICS,
+    clock: IngestClock | None = None,
+    max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
     name: str = "fieldline",
 ) -> Dataflow:
-    """The dataflow; ``windows_sink`` gets line protocol, ``dead_letter_sink`` MQTT messages."""
+    """The dataflow; ``windows_sink`` gets line protocol, ``dead_letter_sink`` MQTT messages.
+
+    ``clock`` is the source's ingest clock (see :mod:`fieldline_pipeline.clock`).
+    """
+    clock_ = clock if clock is not None else WallClock()
     flow = Dataflow(name)
     msgs = op.input("mqtt_in", flow, source)
-    decoded = op.map("decode", msgs, lambda m: decode_message(m, metrics))
-    split = op.branch("valid", decoded, lambda x: isinstance(x, Telemetry))
+    decoded = op.map("decode", msgs, lambda m: decode_message(m, metrics, max_future_ms))
+    split = op.branch("valid", decoded, lambda x: isinstance(x, Accepted))
     valid: Any = split.trues
     invalid: Any = split.falses
 
@@ -142,11 +184,11 @@ def build_dataflow(
     )
     op.output("dead_letters_out", dead, dead_letter_sink)
 
-    keyed = op.key_on("by_device", valid, lambda t: f"{t.site}/{t.device}")
+    keyed = op.key_on("by_device", valid, lambda a: f"{a.tel.site}/{a.tel.device}")
 
     def builder(resume: dict[str, Any] | None) -> _WindowLogic:
         w = DeviceWindows(config) if resume is None else DeviceWindows.restore(resume, config)
-        return _WindowLogic(w, metrics)
+        return _WindowLogic(w, metrics, clock_)
 
     windows = op.stateful_batch("windows", keyed, builder)
     lines = op.map("window_line", windows, lambda kv: window_line(kv[1]))

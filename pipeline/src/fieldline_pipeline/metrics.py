@@ -32,6 +32,7 @@ class PipelineMetrics:
         self.messages = 0
         self.readings = 0
         self.late_readings = 0
+        self.duplicates = 0
         self.windows = 0
         self.dead_letters: dict[str, int] = {}
         self.max_event_ms = 0
@@ -56,6 +57,10 @@ class PipelineMetrics:
         with self._lock:
             self.late_readings += count
 
+    def on_duplicates(self, count: int) -> None:
+        with self._lock:
+            self.duplicates += count
+
     def on_windows(self, count: int) -> None:
         with self._lock:
             self.windows += count
@@ -67,6 +72,7 @@ class PipelineMetrics:
                 "messages": self.messages,
                 "readings": self.readings,
                 "late_readings": self.late_readings,
+                "duplicates": self.duplicates,
                 "windows": self.windows,
                 "dead_letters": sum(self.dead_letters.values()),
                 "dead_letters_by_reason": dict(self.dead_letters),
@@ -84,7 +90,8 @@ METRICS = PipelineMetrics()
 def metrics_lines(snap: dict[str, Any], instance: str) -> list[str]:
     """Line protocol for one snapshot (time = snapshot time, ms)."""
     fields: dict[str, float | int] = {
-        k: snap[k] for k in ("messages", "readings", "late_readings", "windows", "dead_letters")
+        k: snap[k]
+        for k in ("messages", "readings", "late_readings", "duplicates", "windows", "dead_letters")
     }
     if snap["lag_ms"] is not None:
         fields["lag_ms"] = snap["lag_ms"]

@@ -15,6 +15,15 @@ When a window closes:
 A reading whose window has already closed is *late*: it is counted and reported,
 never silently dropped, and the closed window is not rewritten (a rewrite with
 only the late readings would overwrite the full window in InfluxDB).
+
+"System time" is the pipeline's *ingest* time (when the intake received a
+message), never the time of processing: a pipeline that replays a backlog after
+a crash or a stalled sink sees the same silences as when the messages arrived,
+so it closes the same windows.
+
+Duplicates: QoS 1 delivers at least once, so a message can arrive twice. Each
+device's recent sequence numbers (the last :data:`SEQ_WINDOW`) are remembered in
+a bitmap, and a message whose ``seq`` was already seen is dropped and counted.
 """
 
 from __future__ import annotations
@@ -25,6 +34,9 @@ from typing import Any, NamedTuple
 from fieldline_edge.contract import Telemetry
 
 from fieldline_pipeline.aggregates import Agg
+
+#: How many recent sequence numbers per device are remembered for deduplication.
+SEQ_WINDOW = 4096
 
 
 @dataclass(frozen=True)
@@ -96,11 +108,40 @@ class DeviceWindows:
         # Every window that ends at or before this has been closed.
         self.closed_until = -(2**62)
         self.last_seen_ms = 0
+        # Bit i of seq_mask set <=> seq (max_seq - i) has been seen.
+        self.max_seq = -1
+        self.seq_mask = 0
+
+    # ------------------------------------------------------------------ dedupe
+
+    def is_duplicate(self, seq: int) -> bool:
+        """Record ``seq``; True if it was seen before (within :data:`SEQ_WINDOW`)."""
+        gap = seq - self.max_seq
+        if gap > 0:
+            self.seq_mask = ((self.seq_mask << gap) | 1) & ((1 << SEQ_WINDOW) - 1)
+            self.max_seq = seq
+            return False
+        age = -gap
+        if age >= SEQ_WINDOW:
+            # Older than anything remembered: a device whose counter went back
+            # (restart without persisted state) or a very old message; keep it.
+            return False
+        bit = 1 << age
+        if self.seq_mask & bit:
+            return True
+        self.seq_mask |= bit
+        return False
 
     # ------------------------------------------------------------------ input
 
-    def add(self, msg: Telemetry, now_ms: int) -> tuple[list[WindowResult], list[LateReadings]]:
-        """Add one message's readings; return the windows it closed and the late counts."""
+    def add(
+        self, msg: Telemetry, received_ms: int
+    ) -> tuple[list[WindowResult], list[LateReadings]]:
+        """Add one message's readings; return the windows it closed and the late counts.
+
+        ``received_ms`` is when the pipeline's intake received the message. The
+        caller checks :meth:`is_duplicate` first.
+        """
         self.site, self.device = msg.site, msg.device
         width = self.config.width_ms
         closed_until = self.closed_until
@@ -123,7 +164,8 @@ class DeviceWindows:
             else:
                 w.agg.add(ts, value)
         self.max_ts = max_ts
-        self.last_seen_ms = now_ms
+        if received_ms > self.last_seen_ms:
+            self.last_seen_ms = received_ms
         # A window [s, s+width) closes once a reading at s+width+lateness has been seen.
         horizon = max_ts - self.config.lateness_ms
         until = horizon - horizon % width
@@ -139,7 +181,10 @@ class DeviceWindows:
         return self.last_seen_ms + self.config.idle_timeout_ms
 
     def on_time(self, now_ms: int) -> list[WindowResult]:
-        """Close everything if the device has been silent for the idle timeout."""
+        """Close everything if the device has been silent for the idle timeout.
+
+        ``now_ms`` is ingest time (see the module docstring).
+        """
         due = self.next_idle_close_ms()
         if due is None or now_ms < due:
             return []
@@ -190,6 +235,8 @@ class DeviceWindows:
             "max_ts": self.max_ts,
             "closed_until": self.closed_until,
             "last_seen_ms": self.last_seen_ms,
+            "max_seq": self.max_seq,
+            "seq_mask": self.seq_mask,
             "open": {
                 sensor: {start: (w.unit, w.agg.state()) for start, w in windows.items()}
                 for sensor, windows in self.open.items()
@@ -203,6 +250,8 @@ class DeviceWindows:
         dw.max_ts = snap["max_ts"]
         dw.closed_until = snap["closed_until"]
         dw.last_seen_ms = snap["last_seen_ms"]
+        dw.max_seq = snap["max_seq"]
+        dw.seq_mask = snap["seq_mask"]
         dw.open = {
             sensor: {start: _Open(Agg.from_state(st), unit) for start, (unit, st) in ws.items()}
             for sensor, ws in snap["open"].items()

@@ -231,10 +231,15 @@ class Fleet:
                     max_inflight=MAX_INFLIGHT_MESSAGES,
                 )
             )
+        # Like the agent, each device counts from the start time, so a fleet
+        # restarted against a running pipeline is not taken for duplicates.
+        seq0 = contract.initial_seq()
         for i in range(c.devices):
             conn = self.connections[i % n]
             dev = device_id(i)
-            pub = DevicePublisher(conn.client, c.site, dev, on_published=self._record)
+            pub = DevicePublisher(
+                conn.client, c.site, dev, start_seq=seq0, on_published=self._record
+            )
             sensors = make_sensors(c.sensors, c.seed, i, c.rate_hz)
             self.devices.append(_Device(pub, sensors, conn))
             conn.add_birth(contract.status_topic(c.site, dev), self._birth(dev))

@@ -8,10 +8,13 @@ Two write APIs, one contract (:class:`InfluxWriter`):
   VictoriaMetrics), through influxdb-client.
 
 ``write(lines)`` is synchronous: when it returns, every line is durable on the
-server. It writes chunks of ``batch_size_lines``; connection errors, HTTP 429
-and 5xx are retried with exponential backoff and jitter (``Retry-After`` wins
-when the server sends it); anything else raises :class:`InfluxWriteError` at
-once. Timestamps are always milliseconds (``precision=ms``).
+server. It writes chunks of ``batch_size_lines``. Transient failures (no answer,
+HTTP 429 and 5xx) are retried with exponential backoff and jitter, by default
+without limit, so an outage of the server stalls the caller instead of losing
+lines; ``Retry-After`` wins when the server sends it. Permanent failures (bad
+line protocol, authentication, missing database or retention policy, any other
+4xx) raise :class:`InfluxWriteError` at once. Timestamps are always
+milliseconds (``precision=ms``).
 
 Example::
 
@@ -123,21 +126,39 @@ InfluxConfig = InfluxV1Config | InfluxV2Config
 
 @dataclass(frozen=True)
 class WriteOptions:
-    """Chunking, compression, retries and timeouts of a writer."""
+    """Chunking, compression, retries and timeouts of a writer.
+
+    Retries of transient failures go on until ``max_retries`` retries of one
+    chunk or ``max_retry_time_s`` seconds since its first failure, whichever
+    comes first; ``None`` means no limit, and both default to ``None``: the
+    pipeline's sink never gives up while the server is away, it waits (and
+    the dataflow with it). Tools that prefer to fail, such as a metrics
+    reporter, set a bound.
+
+    Delay before retry *n* (from 0): ``retry_initial_delay_s * 2**n`` plus up to
+    ``retry_jitter_s`` of random jitter, never more than ``retry_max_delay_s``
+    in all; a ``Retry-After`` header (429, 503) replaces it, capped the same way.
+
+    >>> WriteOptions(max_retries=3, max_retry_time_s=60)  # doctest: +ELLIPSIS
+    WriteOptions(batch_size_lines=5000, gzip=True, max_retries=3, max_retry_time_s=60, ...)
+    """
 
     batch_size_lines: int = 5000
     gzip: bool = True
-    max_retries: int = 5
+    max_retries: int | None = None
+    max_retry_time_s: float | None = None
     retry_initial_delay_s: float = 0.5
-    retry_max_delay_s: float = 30.0
+    retry_max_delay_s: float = 10.0
     retry_jitter_s: float = 0.25
     timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.batch_size_lines < 1:
             raise ValueError("batch_size_lines must be at least 1")
-        if self.max_retries < 0:
+        if self.max_retries is not None and self.max_retries < 0:
             raise ValueError("max_retries must not be negative")
+        if self.max_retry_time_s is not None and self.max_retry_time_s < 0:
+            raise ValueError("max_retry_time_s must not be negative")
         if min(self.retry_initial_delay_s, self.retry_max_delay_s, self.retry_jitter_s) < 0:
             raise ValueError("retry delays must not be negative")
         if self.timeout_s <= 0:
@@ -146,18 +167,44 @@ class WriteOptions:
 
 @dataclass
 class WriterStats:
-    """Counters of one writer: successful requests, lines written, retries, failures."""
+    """Counters and state of one writer (or the sum over several).
+
+    ``writes`` successful requests, ``lines`` lines written, ``retries`` retried
+    attempts, ``errors`` chunks given up on. ``retrying_since`` is the Unix time
+    (s) of the first failed attempt of the outage in progress, ``None`` while
+    writes go through; ``last_error`` says what the last failed attempt got.
+    """
 
     writes: int = 0
     lines: int = 0
     retries: int = 0
     errors: int = 0
+    retrying_since: float | None = None
+    last_error: str = ""
+
+    @property
+    def state(self) -> str:
+        """``"ok"`` or ``"retrying"``."""
+        return "ok" if self.retrying_since is None else "retrying"
+
+    def describe(self, now_s: float | None = None) -> str:
+        """``ok`` or ``retrying for 12.3 s (HTTP 503: ...)``, for logs and reports."""
+        if self.retrying_since is None:
+            return "ok"
+        now_s = time.time() if now_s is None else now_s
+        return f"retrying for {now_s - self.retrying_since:.1f} s ({self.last_error})"
 
     def __iadd__(self, other: WriterStats) -> WriterStats:
         self.writes += other.writes
         self.lines += other.lines
         self.retries += other.retries
         self.errors += other.errors
+        if other.retrying_since is not None and (
+            self.retrying_since is None or other.retrying_since < self.retrying_since
+        ):
+            # The sum is retrying while any writer is, since the earliest of them.
+            self.retrying_since = other.retrying_since
+            self.last_error = other.last_error
         return self
 
 
@@ -165,13 +212,17 @@ class InfluxWriteError(Exception):
     """A chunk of lines could not be written.
 
     ``status`` is the HTTP status of the last attempt (``None`` when the server
-    could not be reached); ``body`` is an excerpt of its answer.
+    could not be reached); ``body`` is an excerpt of its answer; ``retries`` how
+    many times the chunk was retried before giving up (0 for a permanent error).
     """
 
-    def __init__(self, message: str, *, status: int | None = None, body: str = "") -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, body: str = "", retries: int = 0
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.body = body
+        self.retries = retries
 
 
 class InfluxWriter(Protocol):
@@ -229,13 +280,32 @@ def _parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
+#: Backoff exponent cap: retrying forever must not overflow 2.0**n.
+_MAX_BACKOFF_EXPONENT = 60
+
+
+def _permanent_hint(status: int | None) -> str:
+    """What a reader should check for a status that retrying cannot fix."""
+    if status == 400:
+        return "the server rejected the line protocol"
+    if status in (401, 403):
+        return "authentication failed: check the InfluxDB user and password (or token)"
+    if status == 404:
+        return "the database (bucket) or retention policy does not exist"
+    if status == 413:
+        return "the request is too large: lower batch_size_lines"
+    return "the server refused it"
+
+
 class _RetryingWriter:
     """Chunking, retries, logging and stats; subclasses send one chunk."""
 
-    def __init__(self, options: WriteOptions) -> None:
+    def __init__(self, options: WriteOptions, label: str = "") -> None:
         self._options = options
         self._stats = WriterStats()
         self._random = random.Random()
+        self._prefix = f"{label}: " if label else ""
+        self._outage_retries = 0
 
     @property
     def stats(self) -> WriterStats:
@@ -251,51 +321,92 @@ class _RetryingWriter:
 
     def _write_chunk(self, chunk: Sequence[str]) -> None:
         opts = self._options
+        stats = self._stats
         retry = 0
+        first_failure = 0.0
         while True:
             started = time.monotonic()
             attempt = self._send(chunk)
             status = attempt.status
             if status is not None and 200 <= status < 300:
-                self._stats.writes += 1
-                self._stats.lines += len(chunk)
+                stats.writes += 1
+                stats.lines += len(chunk)
                 logger.debug("wrote %d lines in %.3f s", len(chunk), time.monotonic() - started)
+                if stats.retrying_since is not None:
+                    logger.info(
+                        "%sInfluxDB writes resumed after %.1f s (%d retries; last error: %s)",
+                        self._prefix, time.time() - stats.retrying_since, self._outage_retries,
+                        stats.last_error,
+                    )  # fmt: skip
+                    stats.retrying_since = None
+                    self._outage_retries = 0
                 return
+            what = f"HTTP {status}" if status is not None else "no answer"
+            stats.last_error = f"{what}: {attempt.body}"[:BODY_EXCERPT_CHARS]
             retryable = attempt.retryable
             if retryable is None:
                 retryable = status is None or status == 429 or status >= 500
-            what = f"HTTP {status}" if status is not None else "no answer"
-            if not retryable or retry >= opts.max_retries:
-                self._stats.errors += 1
-                tries = f" after {retry} retries" if retry else ""
+            if not retryable:
+                stats.errors += 1
                 raise InfluxWriteError(
-                    f"writing {len(chunk)} lines failed{tries}: {what}: {attempt.body}",
+                    f"writing {len(chunk)} lines failed, {_permanent_hint(status)}: "
+                    f"{what}: {attempt.body}",
                     status=status,
                     body=attempt.body,
+                    retries=retry,
                 )
-            delay = self._delay(retry, attempt)
+            now = time.monotonic()
+            if retry == 0:
+                first_failure = now
+            if stats.retrying_since is None:
+                stats.retrying_since = time.time()
+            delay, from_header = self._delay(retry, attempt)
+            elapsed = now - first_failure
+            out_of_tries = opts.max_retries is not None and retry >= opts.max_retries
+            out_of_time = opts.max_retry_time_s is not None and elapsed >= opts.max_retry_time_s
+            if out_of_tries or out_of_time:
+                stats.errors += 1
+                raise InfluxWriteError(
+                    f"writing {len(chunk)} lines failed after {retry} retries in "
+                    f"{elapsed:.1f} s: {what}: {attempt.body}",
+                    status=status,
+                    body=attempt.body,
+                    retries=retry,
+                )
+            if opts.max_retry_time_s is not None:
+                # The last try comes at the deadline, not after it.
+                delay = min(delay, opts.max_retry_time_s - elapsed)
             retry += 1
-            self._stats.retries += 1
+            stats.retries += 1
+            self._outage_retries += 1
+            of = f"/{opts.max_retries}" if opts.max_retries is not None else ""
             logger.warning(
-                "writing %d lines failed (%s: %s); retry %d/%d in %.2f s",
-                len(chunk), what, attempt.body, retry, opts.max_retries, delay,
+                "%swriting %d lines failed (%s: %s); retry %d%s in %.2f s%s; failing for %.1f s",
+                self._prefix, len(chunk), what, attempt.body, retry, of, delay,
+                " (Retry-After)" if from_header else "", time.time() - stats.retrying_since,
             )  # fmt: skip
             _sleep(delay)
 
-    def _delay(self, retry: int, attempt: _Attempt) -> float:
+    def _delay(self, retry: int, attempt: _Attempt) -> tuple[float, bool]:
+        """Seconds to wait before the next attempt, and whether Retry-After set it."""
         opts = self._options
         if attempt.retry_after_s is not None and attempt.status in (429, 503):
-            return min(attempt.retry_after_s, opts.retry_max_delay_s)
-        backoff = min(opts.retry_initial_delay_s * 2.0**retry, opts.retry_max_delay_s)
-        # Jitter keeps workers that failed together from retrying together.
-        return backoff + self._random.uniform(0.0, opts.retry_jitter_s)
+            return min(attempt.retry_after_s, opts.retry_max_delay_s), True
+        # Jitter keeps workers that failed together from retrying together; it
+        # stays inside the cap so that workers at the cap still spread out.
+        jitter = min(opts.retry_jitter_s, opts.retry_max_delay_s)
+        exponent = min(retry, _MAX_BACKOFF_EXPONENT)
+        backoff = min(opts.retry_initial_delay_s * 2.0**exponent, opts.retry_max_delay_s - jitter)
+        return backoff + self._random.uniform(0.0, jitter), False
 
 
 class V1Writer(_RetryingWriter):
     """Writes to InfluxDB 1.x ``/write`` (query params db, rp, precision=ms)."""
 
-    def __init__(self, config: InfluxV1Config, options: WriteOptions | None = None) -> None:
-        super().__init__(options or WriteOptions())
+    def __init__(
+        self, config: InfluxV1Config, options: WriteOptions | None = None, *, label: str = ""
+    ) -> None:
+        super().__init__(options or WriteOptions(), label)
         self._config = config
         base = config.url.rstrip("/")
         params = {"db": config.database, "precision": "ms"}
@@ -352,8 +463,10 @@ class V1Writer(_RetryingWriter):
 class V2Writer(_RetryingWriter):
     """Writes to ``/api/v2/write`` through influxdb-client (synchronous API)."""
 
-    def __init__(self, config: InfluxV2Config, options: WriteOptions | None = None) -> None:
-        super().__init__(options or WriteOptions())
+    def __init__(
+        self, config: InfluxV2Config, options: WriteOptions | None = None, *, label: str = ""
+    ) -> None:
+        super().__init__(options or WriteOptions(), label)
         self._config = config
         # influxdb-client's own retries stay off (its default): ours count and log.
         self._client = InfluxDBClient(
@@ -396,11 +509,13 @@ class V2Writer(_RetryingWriter):
         self._client.close()  # type: ignore[no-untyped-call]
 
 
-def make_writer(config: InfluxConfig, options: WriteOptions | None = None) -> InfluxWriter:
-    """Build the writer for ``config``'s API."""
+def make_writer(
+    config: InfluxConfig, options: WriteOptions | None = None, *, label: str = ""
+) -> InfluxWriter:
+    """Build the writer for ``config``'s API; ``label`` prefixes its log messages."""
     if isinstance(config, InfluxV1Config):
-        return V1Writer(config, options)
-    return V2Writer(config, options)
+        return V1Writer(config, options, label=label)
+    return V2Writer(config, options, label=label)
 
 
 class _InfluxSinkPartition(StatelessSinkPartition[str]):
@@ -409,7 +524,9 @@ class _InfluxSinkPartition(StatelessSinkPartition[str]):
 
     @override
     def write_batch(self, items: list[str]) -> None:
-        # Synchronous on purpose: the batch is durable before the dataflow moves on.
+        # Synchronous on purpose: the batch is durable before the dataflow moves
+        # on, and while the server is away this blocks the worker, which then
+        # stops pulling from its source (backpressure).
         self.writer.write(items)
 
     @override
@@ -424,12 +541,19 @@ class InfluxSink(DynamicSink[str]):
     worker writes the lines that reach it.
 
     Delivery guarantee: at-least-once. Each batch is written synchronously, so
-    it is durable before the dataflow goes on; a failed write raises
+    it is durable before the dataflow goes on. With the default
+    :class:`WriteOptions`, transient failures (server down, 5xx, 429) are
+    retried until the server takes the batch: meanwhile the worker is blocked,
+    it takes nothing more from its source, and the source's bounded queue and
+    the broker hold what arrives (backpressure; memory stays bounded). A
+    permanent failure (or a retry bound, when set) raises
     :class:`InfluxWriteError` and stops the dataflow rather than dropping lines,
     and a resume replays from the last snapshot. Replays are harmless: a
     point's identity is measurement + tags + time, so a rewrite overwrites it.
 
-    ``stats()`` sums the counters of the writers built in this process.
+    ``stats()`` sums the counters and state of the writers built in this
+    process: ``stats().state`` is ``"retrying"`` while any worker waits for the
+    server, and ``stats().describe()`` says since when and why.
     """
 
     def __init__(self, config: InfluxConfig, options: WriteOptions | None = None) -> None:
@@ -440,7 +564,7 @@ class InfluxSink(DynamicSink[str]):
 
     @override
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _InfluxSinkPartition:
-        writer = make_writer(self.config, self.options)
+        writer = make_writer(self.config, self.options, label=f"{step_id} worker {worker_index}")
         with self._lock:
             self._writers.append(writer)
         return _InfluxSinkPartition(writer)
