@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 from fieldline_localstack.influxdb import InfluxDB
 from fieldline_localstack.mosquitto import Mosquitto
 from fieldline_localstack.processes import fieldline_command as fieldline
+from fieldline_localstack.security import BrokerSecurity
 from fieldline_localstack.watch import MetricsWatcher
 
 START_TIMEOUT_S = 60.0
@@ -24,7 +26,18 @@ class PipelineProcess:
     instance: str
     log: Path
     watch: MetricsWatcher
-    extra: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+
+    def kill(self) -> None:
+        """kill -9: no chance to flush, commit or say goodbye."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def restart(self) -> None:
+        """Start the same pipeline again (same identity, same state dir)."""
+        assert self.proc.poll() is not None, "stop or kill it first"
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT)
 
     def metrics(self) -> dict[str, object]:
         return self.watch.latest("pipeline").get(self.instance, {})
@@ -64,7 +77,8 @@ def start_pipeline(
     started: list[PipelineProcess] = []
     watch = MetricsWatcher(mosquitto.host, mosquitto.port, f"watch-{secrets.token_hex(4)}")
 
-    def start(*extra: str) -> PipelineProcess:
+    def start(*extra: str, flush_on_stop: bool = True) -> PipelineProcess:
+        """Extra flags are appended; by default SIGTERM writes every open window."""
         tag = secrets.token_hex(4)
         instance = f"test-{tag}"
         log = tmp_path / f"pipeline-{tag}.log"
@@ -76,11 +90,13 @@ def start_pipeline(
             "--group", f"g{tag}",
             "--client-id", f"p{tag}",
             "--instance", instance,
+            "--state-dir", str(tmp_path / f"state-{tag}"),
+            "--flush-on-stop" if flush_on_stop else "--no-flush-on-stop",
             *extra,
         )  # fmt: skip
         with log.open("wb") as out:
             proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-        p = PipelineProcess(proc, instance, log, watch)
+        p = PipelineProcess(proc, instance, log, watch, args)
         started.append(p)
         ok = watch.wait_for(
             lambda w: (
@@ -99,3 +115,103 @@ def start_pipeline(
             p.proc.kill()
             p.proc.wait()
     watch.close()
+
+
+@dataclass
+class SecurePipelines:
+    """Starts pipelines on the secured broker (TLS, own user) and InfluxDB (write-only user)."""
+
+    broker: Mosquitto
+    influxdb: InfluxDB
+    security: BrokerSecurity
+    database: str
+    influx_user: str
+    influx_password: str
+    tmp_path: Path
+    watch: MetricsWatcher
+    started: list[PipelineProcess] = field(default_factory=list)
+
+    @property
+    def secrets(self) -> list[str]:
+        """Every password this pipeline is given (none may show up in its output)."""
+        return [self.influx_password, self.security.pipeline.password]
+
+    def env(self) -> dict[str, str]:
+        """Secrets go through the environment, never the command line (ps shows that)."""
+        pipe = self.security.pipeline
+        return {
+            **os.environ,
+            "FIELDLINE_BROKER_URL": (
+                f"mqtts://{pipe.username}:{pipe.password}@{self.broker.host}:{self.broker.tls_port}"
+            ),
+            "FIELDLINE_MQTT_CA_FILE": str(self.security.ca_file),
+            "FIELDLINE_INFLUX_USER": self.influx_user,
+            "FIELDLINE_INFLUX_PASSWORD": self.influx_password,
+        }
+
+    def start(self, *extra: str) -> PipelineProcess:
+        tag = secrets.token_hex(4)
+        instance = f"secure-{tag}"
+        log = self.tmp_path / f"pipeline-{tag}.log"
+        args = fieldline(
+            "pipeline", "run",
+            "--influx-url", self.influxdb.url,
+            "--influx-db", self.database,
+            "--group", f"g{tag}",
+            "--client-id", f"p{tag}",
+            "--instance", instance,
+            "--state-dir", str(self.tmp_path / f"state-{tag}"),
+            "--flush-on-stop",
+            *extra,
+        )  # fmt: skip
+        with log.open("wb") as out:
+            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=self.env())
+        p = PipelineProcess(proc, instance, log, self.watch)
+        self.started.append(p)
+        ok = self.watch.wait_for(
+            lambda w: (
+                bool(w.latest("pipeline").get(instance, {}).get("subscribed_clients"))
+                or proc.poll() is not None
+            ),
+            START_TIMEOUT_S,
+        )
+        assert ok, f"pipeline did not start:\n{p.log_text()[-3000:]}"
+        assert proc.poll() is None, f"pipeline exited:\n{p.log_text()[-3000:]}"
+        return p
+
+
+@pytest.fixture
+def secure_pipelines(
+    secure_mosquitto: Mosquitto,
+    secure_influxdb: InfluxDB,
+    broker_security: BrokerSecurity,
+    tmp_path: Path,
+) -> Iterator[SecurePipelines]:
+    """Pipelines against `secure_mosquitto` over TLS as ``fieldline-pipeline``, writing
+    to a fresh database of `secure_influxdb` as a user that may only write there.
+
+    Their metrics are watched as the read-only observer user.
+    """
+    tag = secrets.token_hex(4)
+    database, user, password = f"s_{tag}", f"pipeline_{tag}", secrets.token_urlsafe(24)
+    secure_influxdb.create_database(database)
+    secure_influxdb.create_writer(user, password, database)
+    observer = broker_security.observer
+    assert secure_mosquitto.tls_port is not None
+    watch = MetricsWatcher(
+        secure_mosquitto.host,
+        secure_mosquitto.tls_port,
+        f"watch-{tag}",
+        auth=(observer.username, observer.password),
+        ca_file=str(broker_security.ca_file),
+    )
+    pipelines = SecurePipelines(
+        secure_mosquitto, secure_influxdb, broker_security, database, user, password, tmp_path, watch
+    )
+    yield pipelines
+    for p in pipelines.started:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait()
+    watch.close()
+    secure_influxdb.drop_database(database)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import secrets
 import subprocess
 from pathlib import Path
@@ -13,23 +12,11 @@ import pytest
 from fieldline_localstack.influxdb import InfluxDB
 from fieldline_localstack.mosquitto import Mosquitto
 from fieldline_localstack.processes import fieldline_command as fieldline
-from fieldline_sim.groundtruth import expected_windows, load_readings
+from groundtruth_check import assert_windows_match_ground_truth
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
 
 WINDOW_MS = 1_000
-
-
-def stored_windows(influxdb: InfluxDB, db: str) -> dict[tuple[str, str, str, int], dict[str, Any]]:
-    res = influxdb.query("SELECT * FROM reading_window GROUP BY *", db=db, epoch="ms")
-    out = {}
-    for series in res["results"][0].get("series", []):
-        tags = series["tags"]
-        cols = series["columns"]
-        for row in series["values"]:
-            point = dict(zip(cols, row))
-            out[(tags["site"], tags["device"], tags["sensor"], point["time"])] = point
-    return out
 
 
 def test_every_window_in_influxdb_equals_the_ground_truth(
@@ -59,16 +46,4 @@ def test_every_window_in_influxdb_equals_the_ground_truth(
     assert final["late_readings"] == 0
     assert final["dead_letters"] == 0
 
-    readings = load_readings(gt)
-    assert len(readings) == published
-    expected = expected_windows(readings, WINDOW_MS)
-    stored = stored_windows(influxdb, influx_db)
-    assert set(stored) == set(expected)
-    for key, exp in expected.items():
-        got = stored[key]
-        assert got["count"] == exp.count, key
-        for name in ("mean", "min", "max", "stddev", "first", "last"):
-            assert math.isclose(got[name], getattr(exp, name), rel_tol=1e-9, abs_tol=1e-9), (
-                key, name, got[name], getattr(exp, name),
-            )  # fmt: skip
-    assert sum(p["count"] for p in stored.values()) == published
+    assert assert_windows_match_ground_truth(influxdb, influx_db, gt, WINDOW_MS) == published

@@ -24,12 +24,21 @@ class IngestClock:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._parts: dict[str, int] = {}
+        self._next_offsets: dict[str, int] = {}
 
-    def observe(self, part: str, caught_up: bool, newest_received_ms: int | None) -> None:
+    def observe(
+        self, part: str, caught_up: bool, newest_received_ms: int | None, next_offset: int = 0
+    ) -> None:
         """A partition read a batch; ``newest_received_ms`` is its newest message's."""
         value = wall_ms() if caught_up or newest_received_ms is None else newest_received_ms
         with self._lock:
             self._parts[part] = value
+            self._next_offsets[part] = next_offset
+
+    def next_offsets(self) -> dict[str, int]:
+        """Per partition, the next log offset the dataflow will read (progress)."""
+        with self._lock:
+            return dict(self._next_offsets)
 
     def now_ms(self) -> int:
         """The earliest of the partitions' clocks (wall clock when none reported)."""

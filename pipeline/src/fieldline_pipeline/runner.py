@@ -1,8 +1,15 @@
-"""Run the dataflow as a service: signals, metrics reporting, clean shutdown.
+"""Run the pipeline as a service: intake, dataflow with recovery, metrics, shutdown.
 
-SIGTERM or SIGINT asks the MQTT source to stop taking messages; the dataflow then
-drains what it already holds, closes every open window (end of input), writes
-them and exits. A second SIGINT aborts at once.
+Layout of ``state_dir``::
+
+    ingest/ingest-<process>.sqlite   the ingest log (MQTTIntake writes, the dataflow reads)
+    recovery/part-*.sqlite           Bytewax recovery partitions (state and offsets)
+
+SIGTERM or SIGINT: the intake stops taking messages and commits and acknowledges
+what it has; the dataflow reads the log to its end and stops. Open windows are
+kept in the recovery store for the next start, or closed and written first when
+``flush_on_eof`` is set. A second SIGINT aborts at once. A crash (kill -9) loses
+nothing: the next start resumes from the last snapshot.
 """
 
 from __future__ import annotations
@@ -11,23 +18,25 @@ import logging
 import signal
 import threading
 from datetime import timedelta
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
 from bytewax._bytewax import cli_main
+from bytewax.recovery import RecoveryConfig, init_db_dir
 from fieldline_edge.contract import TELEMETRY_SUBSCRIPTION
+from fieldline_edge.mqtt import configure_client
 from paho.mqtt.enums import CallbackAPIVersion
 
+from fieldline_pipeline.clock import IngestClock
 from fieldline_pipeline.connectors.influx import InfluxSink, make_writer
-from fieldline_pipeline.connectors.mqtt import (
-    KEEPALIVE_S,
-    MQTTSink,
-    MQTTSource,
-    subscribed_clients,
-)
+from fieldline_pipeline.connectors.intake import MQTTIntake
+from fieldline_pipeline.connectors.log_source import IngestLogSource, log_path, partition_name
+from fieldline_pipeline.connectors.mqtt import KEEPALIVE_S, MQTTSink
 from fieldline_pipeline.dataflow import build_dataflow
+from fieldline_pipeline.ingest_log import IngestLog
 from fieldline_pipeline.metrics import METRICS, METRICS_TOPIC_PREFIX, MetricsReporter
 from fieldline_pipeline.settings import PipelineSettings
 
@@ -45,23 +54,40 @@ def install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, on_signal)
 
 
-def _metrics_publisher(settings: PipelineSettings) -> tuple[mqtt.Client, Any]:
+#: Bytewax recovery partitions (state is spread over them by key).
+RECOVERY_PARTITIONS = 1
+
+
+def prepare_state_dir(state_dir: Path) -> tuple[Path, Path]:
+    """Create ``ingest/`` and ``recovery/`` (initialised on first use)."""
+    ingest, recovery = state_dir / "ingest", state_dir / "recovery"
+    ingest.mkdir(parents=True, exist_ok=True)
+    if not recovery.exists():
+        recovery.mkdir(parents=True)
+        init_db_dir(recovery, RECOVERY_PARTITIONS)  # type: ignore[no-untyped-call]
+    return ingest, recovery
+
+
+def _metrics_publisher(
+    settings: PipelineSettings, intake: MQTTIntake, ingest_log: IngestLog, clock: IngestClock
+) -> tuple[mqtt.Client, Any]:
     s = settings.mqtt
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
         client_id=f"{s.client_id_prefix}-metrics-{settings.instance}",
         protocol=mqtt.MQTTv311,
     )
-    if s.broker.username is not None:
-        client.username_pw_set(s.broker.username, s.broker.password)
-    if s.broker.tls:
-        client.tls_set()
+    configure_client(client, s.broker, s.tls)
     client.connect_async(s.broker.host, s.broker.port, keepalive=KEEPALIVE_S)
     client.loop_start()
     topic = f"{METRICS_TOPIC_PREFIX}/{settings.instance}"
 
     def publish(snap: dict[str, Any]) -> None:
-        snap["subscribed_clients"] = subscribed_clients()
+        snap["subscribed_clients"] = int(intake.subscribed.is_set())
+        snap["ingested"] = intake.messages
+        # Progress through the ingest log; both survive restarts (offsets).
+        snap["log_high"] = ingest_log.high
+        snap["log_next"] = clock.next_offsets().get(partition_name(settings.process_id), 0)
         snap["workers"] = settings.workers
         if not snap.get("done"):
             client.publish(topic, orjson.dumps(snap), qos=0)
@@ -81,27 +107,58 @@ def run_pipeline(settings: PipelineSettings) -> None:
     stop = settings.mqtt.stop
     install_signal_handlers(stop)
     log.info("starting pipeline: %r", settings)
+    ingest_dir, recovery_dir = prepare_state_dir(settings.state_dir)
+    part = partition_name(settings.process_id)
+    ingest_log = IngestLog(log_path(ingest_dir, part), sync=settings.ingest_sync)
+    intake = MQTTIntake(
+        settings.mqtt,
+        TELEMETRY_SUBSCRIPTION,
+        ingest_log,
+        client_id=f"{settings.mqtt.client_id_prefix}-{settings.process_id}",
+    )
+    clock = IngestClock()
+    source_stop = threading.Event()
     flow = build_dataflow(
-        MQTTSource(settings.mqtt, TELEMETRY_SUBSCRIPTION),
+        IngestLogSource(
+            ingest_dir,
+            settings.process_id,
+            clock,
+            source_stop,
+            retention_s=settings.log_retention_s,
+            sync=settings.ingest_sync,
+        ),
         InfluxSink(settings.influx, settings.write),
         MQTTSink(settings.mqtt, "out"),
         settings.windows,
+        clock=clock,
+        max_future_ms=settings.max_future_ms,
     )
     metrics_writer = make_writer(settings.influx, settings.write)
-    client, publish = _metrics_publisher(settings)
+    client, publish = _metrics_publisher(settings, intake, ingest_log, clock)
     reporter = MetricsReporter(
         METRICS, settings.instance, publish, metrics_writer.write, settings.metrics_interval_s
     )
+
+    def stop_intake_then_source() -> None:
+        stop.wait()
+        intake.stop()  # everything received is now in the log and acknowledged
+        source_stop.set()  # the dataflow reads the log to its end, then stops
+
+    intake.start()
     reporter.start()
+    threading.Thread(target=stop_intake_then_source, name="stopper", daemon=True).start()
     try:
         cli_main(  # type: ignore[no-untyped-call]
             flow,
             workers_per_process=settings.workers,
             epoch_interval=timedelta(seconds=settings.epoch_interval_s),
+            recovery_config=RecoveryConfig(recovery_dir),  # type: ignore[no-untyped-call]
         )
     finally:
+        stop.set()
         reporter.stop()
         metrics_writer.close()
+        ingest_log.close()
         client.disconnect()
         client.loop_stop()
         log.info("pipeline stopped: %s", METRICS.snapshot())

@@ -7,6 +7,7 @@ connectors take plain typed arguments. Secrets never appear in ``repr``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fieldline_pipeline.connectors.influx import InfluxV1Config, InfluxV2Config, WriteOptions
 from fieldline_pipeline.connectors.mqtt import MQTTSettings
@@ -22,5 +23,15 @@ class PipelineSettings:
     workers: int = 1
     instance: str = "pipeline-0"
     metrics_interval_s: float = 1.0
-    #: Bytewax epoch length: how often sinks and state checkpoints align.
+    #: Bytewax epoch length: how often state and log offsets are snapshotted.
     epoch_interval_s: float = 1.0
+    #: Ingest log and Bytewax recovery store; keep it across restarts.
+    state_dir: Path = Path(".fieldline-state")
+    #: This process's index among ``processes`` (names its ingest log).
+    process_id: int = 0
+    #: Readings stamped further ahead of the receive time are dead-lettered.
+    max_future_ms: int = 5 * 60 * 1000
+    #: "full": fsync every ingest commit (survives power loss); "normal": crash-safe only.
+    ingest_sync: str = "full"
+    #: How long processed messages stay in the ingest log (for replay).
+    log_retention_s: float = 3600.0
