@@ -17,6 +17,9 @@ demo: setup  ## broker, InfluxDB, a simulated fleet and the pipeline, with a liv
 test: setup lint  ## the whole test suite against real Mosquitto and InfluxDB
 	$(UV) run --locked pytest
 
+soak: setup  ## 30 minutes of steady load with random kills (FIELDLINE_SOAK_SECONDS to change)
+	$(UV) run --locked pytest -m soak tests/soak -s -p no:randomly --timeout 0
+
 lint: setup  ## ruff and mypy, as CI runs them
 	$(UV) run --locked ruff check .
 	$(UV) run --locked ruff format --check .

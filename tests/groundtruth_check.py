@@ -23,12 +23,17 @@ def stored_windows(influxdb: InfluxDB, db: str) -> dict[tuple[str, str, str, int
 
 
 def assert_windows_match_ground_truth(
-    influxdb: InfluxDB, db: str, ground_truth: Path, width_ms: int
+    influxdb: InfluxDB, db: str, ground_truth: Path, width_ms: int, site: str | None = None
 ) -> int:
-    """Every window equals the ground truth exactly (fp to 1e-9); returns the readings."""
+    """Every window equals the ground truth exactly (fp to 1e-9); returns the readings.
+
+    With ``site``, only that site's windows in InfluxDB are compared.
+    """
     readings = load_readings(ground_truth)
     expected = expected_windows(readings, width_ms)
     stored = stored_windows(influxdb, db)
+    if site is not None:
+        stored = {k: v for k, v in stored.items() if k[0] == site}
     missing = sorted(set(expected) - set(stored))
     extra = sorted(set(stored) - set(expected))
     assert not missing, f"{len(missing)} windows missing, e.g. {missing[:3]}"

@@ -1,6 +1,7 @@
 """InfluxDB writers and sink against real servers (InfluxDB 1.x, VictoriaMetrics).
 
-Only failures that a real server will not produce on demand (429 with
+Outages come from FaultProxy in front of the real InfluxDB; only answers that
+neither will give on demand (scripted sequences, 401, 413, HTTP-date
 Retry-After) come from a tiny fake HTTP server; every happy path is proven on
 the real thing.
 """
@@ -21,6 +22,7 @@ import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, cluster_main, run_main
+from fieldline_localstack.faultproxy import FaultProxy
 from fieldline_localstack.influxdb import InfluxDB
 from fieldline_localstack.victoriametrics import VictoriaMetrics
 from fieldline_pipeline.connectors import influx
@@ -33,6 +35,7 @@ from fieldline_pipeline.connectors.influx import (
     V1Writer,
     V2Writer,
     WriteOptions,
+    WriterStats,
     make_writer,
 )
 from fieldline_pipeline.lineprotocol import format_line
@@ -40,6 +43,8 @@ from fieldline_pipeline.lineprotocol import format_line
 FAST_RETRIES = WriteOptions(
     max_retries=2, retry_initial_delay_s=0.001, retry_max_delay_s=0.01, retry_jitter_s=0.001
 )
+# The pipeline's semantics (no retry limit) with delays small enough to record.
+FOREVER = WriteOptions(retry_initial_delay_s=0.001, retry_max_delay_s=0.01, retry_jitter_s=0.001)
 T0_MS = 1_700_000_000_000
 
 # Tag values that need escaping, and floats that only survive an exact format.
@@ -404,9 +409,212 @@ def test_configs_keep_secrets_out_of_repr() -> None:
         lambda: InfluxV2Config("http://h:8086", "o", ""),
         lambda: WriteOptions(batch_size_lines=0),
         lambda: WriteOptions(max_retries=-1),
+        lambda: WriteOptions(max_retry_time_s=-1),
         lambda: WriteOptions(timeout_s=0),
     ],
 )
 def test_settings_are_validated(make: Any) -> None:
     with pytest.raises(ValueError):  # noqa: PT011
         make()
+
+
+# ---------------------------------------------------------------- outages
+
+
+def test_defaults_never_give_up() -> None:
+    opts = WriteOptions()
+    assert (opts.max_retries, opts.max_retry_time_s) == (None, None)
+
+
+@pytest.mark.parametrize("api", ["v1", "v2"])
+@pytest.mark.parametrize(
+    "fake_influx", [[(500, {})] * 40 + [(503, {})] * 30], indirect=True, ids=["70x5xx"]
+)
+def test_transient_errors_are_retried_until_the_server_takes_the_lines(
+    api: str,
+    fake_influx: _FakeInflux,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = fake_influx.url
+    config = InfluxV1Config(url, "x") if api == "v1" else InfluxV2Config(url, "o", "b")
+    writer = _writer(config, FOREVER)
+    seen: list[tuple[float, str]] = []
+    monkeypatch.setattr(influx, "_sleep", lambda s: seen.append((s, writer.stats.state)))
+    try:
+        with caplog.at_level(logging.INFO, logger=influx.__name__):
+            writer.write(["m v=1 1"])
+        stats = writer.stats
+        assert (stats.retries, stats.writes, stats.errors, stats.state) == (70, 1, 0, "ok")
+    finally:
+        writer.close()
+    sleeps = [s for s, _ in seen]
+    assert {state for _, state in seen} == {"retrying"}
+    # Exponential from 1 ms, then capped (jitter included) at 10 ms, for ever.
+    assert 0.001 <= sleeps[0] <= 0.002
+    assert 0.002 <= sleeps[1] <= 0.003
+    assert all(0.009 <= s <= 0.01 for s in sleeps[4:])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 70
+    assert "HTTP 500" in warnings[0]
+    assert "retry 1 in 0.00" in warnings[0]
+    assert "retry 70 in" in warnings[-1]
+    assert "HTTP 503" in warnings[-1]
+    resumed = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(resumed) == 1
+    assert "writes resumed after" in resumed[0]
+    assert "(70 retries; last error: HTTP 503" in resumed[0]
+
+
+@pytest.mark.services
+def test_writer_waits_out_a_dead_server(
+    influxdb: InfluxDB, influx_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sleeps: list[float] = []
+    with FaultProxy(influxdb.url) as proxy:
+
+        def sleep(s: float) -> None:
+            sleeps.append(s)
+            if len(sleeps) == 5:
+                proxy.pass_through()  # the server comes back
+
+        monkeypatch.setattr(influx, "_sleep", sleep)
+        writer = _writer(InfluxV1Config(proxy.url, influx_db), FOREVER)
+        try:
+            assert writer.ping() is True  # a keep-alive connection that refuse() cuts
+            proxy.refuse()
+            writer.write([format_line("m", {"k": "v"}, {"v": 1.0}, T0_MS)])
+            assert (writer.stats.retries, writer.stats.writes) == (5, 1)
+            assert writer.stats.describe() == "ok"
+        finally:
+            writer.close()
+    assert influxdb.points("SELECT v FROM m", influx_db) == [{"time": T0_MS, "v": 1.0}]
+
+
+@pytest.mark.services
+def test_writer_honours_retry_after_from_a_throttling_server(
+    influxdb: InfluxDB, influx_db: str, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    sleeps: list[float] = []
+    with FaultProxy(influxdb.url) as proxy:
+
+        def sleep(s: float) -> None:
+            sleeps.append(s)
+            if len(sleeps) == 3:
+                proxy.pass_through()
+
+        monkeypatch.setattr(influx, "_sleep", sleep)
+        proxy.throttle(retry_after_s=2)
+        writer = _writer(InfluxV1Config(proxy.url, influx_db), WriteOptions())
+        try:
+            with caplog.at_level(logging.WARNING, logger=influx.__name__):
+                writer.write([format_line("m", {"k": "v"}, {"v": 1.0}, T0_MS)])
+        finally:
+            writer.close()
+        assert proxy.counts() == {"429": 3, "forwarded": 1}
+    assert sleeps == [2.0, 2.0, 2.0]
+    warnings = [r.getMessage() for r in caplog.records if r.name == influx.__name__]
+    assert len(warnings) == 3
+    assert all("HTTP 429" in w and "in 2.00 s (Retry-After)" in w for w in warnings)
+
+
+def test_max_retry_time_bounds_the_retrying(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    sleeps: list[float] = []
+
+    def sleep(s: float) -> None:
+        sleeps.append(s)
+        clock[0] += s
+
+    monkeypatch.setattr(influx, "_sleep", sleep)
+    monkeypatch.setattr(influx, "_monotonic", lambda: clock[0])
+    opts = WriteOptions(
+        max_retry_time_s=5, retry_initial_delay_s=1, retry_max_delay_s=10, retry_jitter_s=0
+    )
+    writer = _writer(InfluxV1Config(f"http://127.0.0.1:{_free_port()}", "x"), opts)
+    try:
+        with pytest.raises(InfluxWriteError, match=r"after 3 retries in 5\.0 s: no answer") as info:
+            writer.write(["m v=1 1"])
+        assert info.value.retries == 3
+        assert (writer.stats.errors, writer.stats.state) == (1, "retrying")
+    finally:
+        writer.close()
+    # 1, 2, then 4 cut to 2 so that the last try comes at the deadline.
+    assert sleeps == [1.0, 2.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    ("fake_influx", "status", "hint"),
+    [
+        ([(400, {})], 400, "rejected the line protocol"),
+        ([(401, {})], 401, "authentication failed"),
+        ([(403, {})], 403, "authentication failed"),
+        ([(404, {})], 404, "does not exist"),
+        ([(413, {})], 413, "lower batch_size_lines"),
+    ],
+    indirect=["fake_influx"],
+    ids=["400", "401", "403", "404", "413"],
+)
+def test_permanent_errors_raise_at_once_without_a_retry_limit(
+    fake_influx: _FakeInflux, status: int, hint: str, recorded_sleeps: list[float]
+) -> None:
+    writer = _writer(InfluxV1Config(fake_influx.url, "x"), WriteOptions())
+    try:
+        with pytest.raises(InfluxWriteError, match=hint) as info:
+            writer.write(["m v=1 1"])
+        assert (info.value.status, info.value.retries) == (status, 0)
+        assert (writer.stats.errors, writer.stats.retries, writer.stats.state) == (1, 0, "ok")
+    finally:
+        writer.close()
+    assert recorded_sleeps == []
+
+
+@pytest.mark.services
+def test_sink_rides_out_5xx_in_a_bytewax_run(
+    influxdb: InfluxDB, influx_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = [format_line("outage", {"d": str(i % 3)}, {"v": i}, T0_MS + i) for i in range(1_000)]
+    with FaultProxy(influxdb.url) as proxy:
+        sink = InfluxSink(InfluxV1Config(proxy.url, influx_db), FOREVER)
+        states: list[str] = []
+
+        def sleep(_s: float) -> None:
+            states.append(sink.stats().state)
+            if len(states) == 4:
+                proxy.pass_through()
+
+        monkeypatch.setattr(influx, "_sleep", sleep)
+        proxy.fail(500)
+        run_main(_flow(lines, sink))
+    stats = sink.stats()
+    assert (stats.lines, stats.retries, stats.errors, stats.state) == (1_000, 4, 0, "ok")
+    assert states == ["retrying"] * 4
+    rows = influxdb.points("SELECT COUNT(v), SUM(v) FROM outage", influx_db)
+    assert (rows[0]["count"], rows[0]["sum"]) == (1_000, sum(range(1_000)))
+
+
+@pytest.mark.services
+def test_sink_permanent_error_stops_the_dataflow(influxdb: InfluxDB) -> None:
+    sink = InfluxSink(InfluxV1Config(influxdb.url, "no_such_db"))
+    with pytest.raises(RuntimeError) as info:
+        run_main(_flow(["m v=1 1"], sink))
+    exc: BaseException | None = info.value
+    while exc is not None and not isinstance(exc, InfluxWriteError):
+        exc = exc.__cause__
+    assert isinstance(exc, InfluxWriteError)
+    assert exc.status == 404
+    assert "database not found" in str(exc)
+
+
+def test_stats_sum_is_retrying_while_any_writer_is() -> None:
+    total = WriterStats()
+    total += WriterStats(writes=2, lines=10)
+    assert total.state == "ok"
+    assert total.describe() == "ok"
+    total += WriterStats(retries=3, retrying_since=200.0, last_error="HTTP 503: busy")
+    total += WriterStats(retries=1, retrying_since=100.0, last_error="no answer: refused")
+    total += WriterStats(writes=1, lines=5)
+    assert (total.writes, total.lines, total.retries, total.errors) == (3, 15, 4, 0)
+    assert (total.state, total.retrying_since) == ("retrying", 100.0)
+    assert total.describe(now_s=112.5) == "retrying for 12.5 s (no answer: refused)"

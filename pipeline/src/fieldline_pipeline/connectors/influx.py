@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from threading import Lock
 from typing import Protocol, cast
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import urllib3
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -69,11 +69,19 @@ BODY_EXCERPT_CHARS = 500
 # body several times over; higher levels cost CPU in the hot path for little.
 GZIP_LEVEL = 1
 
-# Indirection so tests can record retry delays instead of waiting them out.
+# Indirections so tests can record retry delays instead of waiting them out,
+# and run the retry clock with them.
 _sleep = time.sleep
+_monotonic = time.monotonic
 
 
 def _check_url(url: str) -> None:
+    parts = urlsplit(url)
+    # The url is shown in repr and logs, so it must never carry a secret.
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            "InfluxDB url must not contain credentials: use the user/password or token settings"
+        )
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"InfluxDB url must start with http:// or https://, got {url!r}")
 
@@ -355,7 +363,7 @@ class _RetryingWriter:
                     body=attempt.body,
                     retries=retry,
                 )
-            now = time.monotonic()
+            now = _monotonic()
             if retry == 0:
                 first_failure = now
             if stats.retrying_since is None:
@@ -543,9 +551,9 @@ class InfluxSink(DynamicSink[str]):
     Delivery guarantee: at-least-once. Each batch is written synchronously, so
     it is durable before the dataflow goes on. With the default
     :class:`WriteOptions`, transient failures (server down, 5xx, 429) are
-    retried until the server takes the batch: meanwhile the worker is blocked,
-    it takes nothing more from its source, and the source's bounded queue and
-    the broker hold what arrives (backpressure; memory stays bounded). A
+    retried until the server takes the batch: meanwhile the worker is blocked
+    and takes nothing more from its source, so what arrives waits upstream (in
+    the ingest log on disk, or the broker), not in memory (backpressure). A
     permanent failure (or a retry bound, when set) raises
     :class:`InfluxWriteError` and stops the dataflow rather than dropping lines,
     and a resume replays from the last snapshot. Replays are harmless: a
