@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from fieldline_edge.mqtt import parse_broker_url
 from fieldline_localstack.influxdb import InfluxDB
 from fieldline_localstack.mosquitto import Mosquitto
 from fieldline_localstack.processes import fieldline_command as fieldline
@@ -75,16 +76,29 @@ def start_pipeline(
     sharing the broker do not take each other's messages.
     """
     started: list[PipelineProcess] = []
-    watch = MetricsWatcher(mosquitto.host, mosquitto.port, f"watch-{secrets.token_hex(4)}")
+    watchers: dict[str, MetricsWatcher] = {}
 
-    def start(*extra: str, flush_on_stop: bool = True) -> PipelineProcess:
-        """Extra flags are appended; by default SIGTERM writes every open window."""
+    def watcher(broker_url: str) -> MetricsWatcher:
+        if broker_url not in watchers:
+            b = parse_broker_url(broker_url)
+            watchers[broker_url] = MetricsWatcher(b.host, b.port, f"watch-{secrets.token_hex(4)}")
+        return watchers[broker_url]
+
+    def start(
+        *extra: str, flush_on_stop: bool = True, broker_url: str | None = None
+    ) -> PipelineProcess:
+        """Extra flags are appended; by default SIGTERM writes every open window.
+
+        ``broker_url`` points the pipeline at another broker than the session's.
+        """
+        broker_url = broker_url or mosquitto.url
+        watch = watcher(broker_url)
         tag = secrets.token_hex(4)
         instance = f"test-{tag}"
         log = tmp_path / f"pipeline-{tag}.log"
         args = fieldline(
             "pipeline", "run",
-            "--broker", mosquitto.url,
+            "--broker", broker_url,
             "--influx-url", influxdb.url,
             "--influx-db", influx_db,
             "--group", f"g{tag}",
@@ -114,7 +128,8 @@ def start_pipeline(
         if p.proc.poll() is None:
             p.proc.kill()
             p.proc.wait()
-    watch.close()
+    for w in watchers.values():
+        w.close()
 
 
 @dataclass
@@ -206,7 +221,14 @@ def secure_pipelines(
         ca_file=str(broker_security.ca_file),
     )
     pipelines = SecurePipelines(
-        secure_mosquitto, secure_influxdb, broker_security, database, user, password, tmp_path, watch
+        secure_mosquitto,
+        secure_influxdb,
+        broker_security,
+        database,
+        user,
+        password,
+        tmp_path,
+        watch,
     )
     yield pipelines
     for p in pipelines.started:

@@ -30,6 +30,7 @@ from fieldline_edge.mqtt import (
     Connection,
     Message,
     PublishError,
+    TLSConfig,
     check_publish,
 )
 from fieldline_edge.sensors import Sensor, SensorError
@@ -184,6 +185,7 @@ class Agent:
         ack_timeout_s: float = ACK_TIMEOUT_S,
         start_seq: Optional[int] = None,
         clock: Callable[[], float] = time.time,
+        tls: Optional[TLSConfig] = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be > 0")
@@ -210,7 +212,7 @@ class Agent:
         self._stop = threading.Event()
         self.dropped_readings = 0
         will = Message(self.status_topic, contract.encode_status(self.status("offline")))
-        self.connection = Connection(broker, f"fieldline-edge-{site}-{device}", will=will)
+        self.connection = Connection(broker, f"fieldline-edge-{site}-{device}", will=will, tls=tls)
         seq0 = contract.initial_seq(clock()) if start_seq is None else start_seq
         self.publisher = DevicePublisher(self.connection.client, site, device, start_seq=seq0)
 

@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 
 from fieldline_edge import contract
 from fieldline_edge.agent import ACK_TIMEOUT_S, MAX_BATCH_DELAY_S, Agent
-from fieldline_edge.mqtt import BrokerURL, parse_broker_url
+from fieldline_edge.mqtt import BrokerURL, TLSConfig, parse_broker_url
 from fieldline_edge.sensors import CpuTemperature, Sensor, SimulatedSensor
 
 log = logging.getLogger("fieldline_edge")
@@ -112,6 +112,11 @@ def build_parser(prog: str = "fieldline edge") -> argparse.ArgumentParser:
         metavar="URL",
         help="mqtt://[user:pass@]host[:port] or mqtts://... (TLS)",
     )
+    run.add_argument(
+        "--ca-file", metavar="PEM", help="CA certificates for mqtts:// (default: system)"
+    )
+    run.add_argument("--cert-file", metavar="PEM", help="client certificate for mqtts://")
+    run.add_argument("--key-file", metavar="PEM", help="client certificate's key for mqtts://")
     run.add_argument("--site", required=True, type=_id("site"))
     run.add_argument("--device", required=True, type=_id("device"), metavar="ID")
     run.add_argument(
@@ -196,16 +201,24 @@ def edge_main(argv: Optional[list[str]] = None) -> int:
         )
         return 2
     sensors = make_sensors(specs, args.device, args.interval_s, args.sysfs_root)
-    agent = Agent(
-        args.broker,
-        args.site,
-        args.device,
-        sensors,
-        interval_s=args.interval_s,
-        batch_size=args.batch_size,
-        max_batch_delay_s=args.max_batch_delay_s,
-        ack_timeout_s=args.ack_timeout_s,
-    )
+    tls = None
+    if args.ca_file or args.cert_file or args.key_file:
+        tls = TLSConfig(args.ca_file, args.cert_file, args.key_file)
+    try:
+        agent = Agent(
+            args.broker,
+            args.site,
+            args.device,
+            sensors,
+            interval_s=args.interval_s,
+            batch_size=args.batch_size,
+            max_batch_delay_s=args.max_batch_delay_s,
+            ack_timeout_s=args.ack_timeout_s,
+            tls=tls,
+        )
+    except (ValueError, OSError) as exc:  # TLS options with mqtt://, unreadable CA file
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
 
     def on_signal(signum: int, frame: Optional[FrameType]) -> None:
         log.info("received %s; stopping", signal.Signals(signum).name)

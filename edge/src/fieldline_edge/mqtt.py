@@ -12,6 +12,7 @@ thread (``loop_start``); any number of device publishers may share it.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 import urllib.parse
@@ -86,8 +87,8 @@ class BrokerURL(NamedTuple):
 def parse_broker_url(url: str) -> BrokerURL:
     """Parse a broker URL; raise ``ValueError`` with a one-line reason if it is not one.
 
-    ``mqtt://`` defaults to port 1883, ``mqtts://`` (TLS, system CA certificates)
-    to 8883. User and password may be percent-encoded.
+    ``mqtt://`` defaults to port 1883, ``mqtts://`` (TLS; CA certificates from
+    :class:`TLSConfig`, else the system's) to 8883. User and password may be percent-encoded.
     """
     parts = urllib.parse.urlsplit(url.strip())
     if parts.scheme not in _SCHEMES:
@@ -112,6 +113,76 @@ def parse_broker_url(url: str) -> BrokerURL:
         username=username,
         password=password,
     )
+
+
+class TLSConfig(NamedTuple):
+    """TLS material for an ``mqtts://`` broker; ``None`` fields use the defaults.
+
+    ``ca_file``: the CA certificates (PEM) the broker's certificate must chain
+    to; default: the system's. ``cert_file``/``key_file``: a client certificate
+    and its key (PEM) for brokers that require one (``key_file`` may be omitted
+    if ``cert_file`` holds the key too). ``insecure`` skips the check that the
+    certificate names the host we connected to (the chain is still verified):
+    only for a broker reached by an address its certificate does not list.
+    """
+
+    ca_file: Optional[str] = None
+    cert_file: Optional[str] = None
+    key_file: Optional[str] = None
+    insecure: bool = False
+
+    def check(self) -> "TLSConfig":
+        """Return ``self``; raise ``ValueError`` if a key has no certificate."""
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("a client key file needs a client certificate file")
+        return self
+
+
+def configure_client(
+    client: mqtt.Client, broker: BrokerURL, tls: Optional[TLSConfig] = None
+) -> mqtt.Client:
+    """Give ``client`` the broker's user and password and, for ``mqtts://``, TLS.
+
+    Raises ``ValueError`` for TLS options with an ``mqtt://`` URL: a client
+    asked to use a CA must never fall back to plaintext without saying so.
+    """
+    if broker.username is not None:
+        client.username_pw_set(broker.username, broker.password)
+    if tls is not None and not broker.tls:
+        raise ValueError(f"TLS options given for {broker}: use an mqtts:// broker URL")
+    if broker.tls:
+        client.tls_set_context(tls_context((tls or TLSConfig()).check()))
+    return client
+
+
+def tls_context(tls: TLSConfig) -> ssl.SSLContext:
+    """A client context that verifies the broker's chain (and its name unless ``insecure``).
+
+    Raises ``OSError``/``ssl.SSLError`` if a file cannot be read.
+    """
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
+    if tls.cert_file is not None:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.insecure:
+        context.check_hostname = False
+    context.sslsocket_class = _ClosingSSLSocket
+    return context
+
+
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """Closes itself when the handshake fails.
+
+    paho (2.2) drops the socket of a failed handshake (an unknown CA, a refused
+    client certificate) without closing it: it leaks until garbage collection,
+    once per reconnect attempt.
+    """
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
 
 
 def check_publish(info: mqtt.MQTTMessageInfo, topic: str, qos: int) -> mqtt.MQTTMessageInfo:
@@ -156,6 +227,7 @@ class Connection:
         client_id: str,
         *,
         will: Optional[Message] = None,
+        tls: Optional[TLSConfig] = None,
         max_inflight: int = MAX_INFLIGHT_MESSAGES,
         max_queued: int = MAX_QUEUED_MESSAGES,
     ) -> None:
@@ -177,10 +249,7 @@ class Connection:
         # every clean disconnect ("Client is not connected"), which is noise.
         if paho_log.isEnabledFor(logging.DEBUG):
             client.enable_logger(paho_log)
-        if broker.username is not None:
-            client.username_pw_set(broker.username, broker.password)
-        if broker.tls:
-            client.tls_set()
+        configure_client(client, broker, tls)
         if will is not None:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         client.reconnect_delay_set(RECONNECT_MIN_DELAY_S, RECONNECT_MAX_DELAY_S)

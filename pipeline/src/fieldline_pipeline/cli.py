@@ -6,11 +6,17 @@ import logging
 import os
 import socket
 from enum import Enum
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 app = typer.Typer(help="The Fieldline stream processor (Bytewax).", no_args_is_help=True)
+
+
+class IngestSync(str, Enum):
+    full = "full"
+    normal = "normal"
 
 
 class InfluxAPI(str, Enum):
@@ -32,6 +38,23 @@ def run(
             help="Broker URL: mqtt://host:port or mqtts://user:password@host:port.",
         ),
     ] = "mqtt://127.0.0.1:1883",
+    ca_file: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FIELDLINE_MQTT_CA_FILE",
+            help="CA certificates (PEM) for an mqtts:// broker [default: the system's].",
+        ),
+    ] = None,
+    cert_file: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FIELDLINE_MQTT_CERT_FILE", help="Client certificate (PEM) for mqtts://."
+        ),
+    ] = None,
+    key_file: Annotated[
+        str | None,
+        typer.Option(envvar="FIELDLINE_MQTT_KEY_FILE", help="Client certificate's key (PEM)."),
+    ] = None,
     group: Annotated[str, typer.Option(help="Shared-subscription group name.")] = "fieldline",
     client_id: Annotated[
         str, typer.Option(help="Client-id prefix; worker i uses <prefix>-<i> (persistent session).")
@@ -73,10 +96,34 @@ def run(
     instance: Annotated[
         str | None, typer.Option(help="Name in metrics; default <host>-<pid>.")
     ] = None,
+    state_dir: Annotated[
+        Path,
+        typer.Option(
+            envvar="FIELDLINE_STATE_DIR",
+            help="Ingest log and recovery snapshots; keep it across restarts.",
+        ),
+    ] = Path(".fieldline-state"),
+    process_id: Annotated[int, typer.Option(min=0, help="This process's index.")] = 0,
+    flush_on_stop: Annotated[
+        bool,
+        typer.Option(
+            help="On SIGTERM, close and write every open window (for a final stop); "
+            "by default they are kept for the next start."
+        ),
+    ] = False,
+    max_future_s: Annotated[
+        float, typer.Option(help="Dead-letter readings stamped further ahead than this.")
+    ] = 300.0,
+    ingest_sync: Annotated[
+        IngestSync, typer.Option(help="full: fsync each ingest commit; normal: crash-safe only.")
+    ] = IngestSync.full,
+    log_retention_s: Annotated[
+        float, typer.Option(help="Keep processed messages in the ingest log this long.")
+    ] = 3600.0,
     log_level: Annotated[str, typer.Option(envvar="FIELDLINE_LOG_LEVEL")] = "INFO",
 ) -> None:
     """Consume telemetry from MQTT, aggregate it in windows, write them to InfluxDB."""
-    from fieldline_edge.mqtt import parse_broker_url
+    from fieldline_edge.mqtt import TLSConfig, parse_broker_url
 
     from fieldline_pipeline.connectors.influx import InfluxV1Config, InfluxV2Config
     from fieldline_pipeline.connectors.mqtt import MQTTSettings
@@ -88,24 +135,35 @@ def run(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        broker_url = parse_broker_url(broker)
+        tls = None
+        if ca_file or cert_file or key_file:
+            tls = TLSConfig(ca_file, cert_file, key_file)
+        mqtt_settings = MQTTSettings(
+            broker=parse_broker_url(broker), group=group, client_id_prefix=client_id, tls=tls
+        )
         windows = WindowConfig(
             width_ms=round(window_s * 1000),
             lateness_ms=round(lateness_s * 1000),
             idle_timeout_ms=round(idle_timeout_s * 1000),
+            flush_on_eof=flush_on_stop,
         )
+        influx: InfluxV1Config | InfluxV2Config
+        if influx_api is InfluxAPI.v1:
+            influx = InfluxV1Config(influx_url, influx_db, influx_rp, influx_user, influx_password)
+        else:
+            influx = InfluxV2Config(influx_url, influx_org, influx_bucket, influx_token)
     except ValueError as exc:
         raise _fail(str(exc)) from None
-    influx: InfluxV1Config | InfluxV2Config
-    if influx_api is InfluxAPI.v1:
-        influx = InfluxV1Config(influx_url, influx_db, influx_rp, influx_user, influx_password)
-    else:
-        influx = InfluxV2Config(influx_url, influx_org, influx_bucket, influx_token)
     settings = PipelineSettings(
-        mqtt=MQTTSettings(broker=broker_url, group=group, client_id_prefix=client_id),
+        mqtt=mqtt_settings,
         influx=influx,
         windows=windows,
         workers=workers,
         instance=instance or f"{socket.gethostname()}-{os.getpid()}",
+        state_dir=state_dir,
+        process_id=process_id,
+        max_future_ms=round(max_future_s * 1000),
+        ingest_sync=ingest_sync.value,
+        log_retention_s=log_retention_s,
     )
     run_pipeline(settings)

@@ -14,6 +14,7 @@ nothing: the next start resumes from the last snapshot.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -69,7 +70,11 @@ def prepare_state_dir(state_dir: Path) -> tuple[Path, Path]:
 
 
 def _metrics_publisher(
-    settings: PipelineSettings, intake: MQTTIntake, ingest_log: IngestLog, clock: IngestClock
+    settings: PipelineSettings,
+    intake: MQTTIntake,
+    ingest_log: IngestLog,
+    clock: IngestClock,
+    sink: InfluxSink,
 ) -> tuple[mqtt.Client, Any]:
     s = settings.mqtt
     client = mqtt.Client(
@@ -88,6 +93,10 @@ def _metrics_publisher(
         # Progress through the ingest log; both survive restarts (offsets).
         snap["log_high"] = ingest_log.high
         snap["log_next"] = clock.next_offsets().get(partition_name(settings.process_id), 0)
+        sink_stats = sink.stats()
+        snap["sink_state"] = sink_stats.state
+        snap["sink_retries"] = sink_stats.retries
+        snap["sink_errors"] = sink_stats.errors
         snap["workers"] = settings.workers
         if not snap.get("done"):
             client.publish(topic, orjson.dumps(snap), qos=0)
@@ -118,6 +127,7 @@ def run_pipeline(settings: PipelineSettings) -> None:
     )
     clock = IngestClock()
     source_stop = threading.Event()
+    sink = InfluxSink(settings.influx, settings.write)
     flow = build_dataflow(
         IngestLogSource(
             ingest_dir,
@@ -127,14 +137,18 @@ def run_pipeline(settings: PipelineSettings) -> None:
             retention_s=settings.log_retention_s,
             sync=settings.ingest_sync,
         ),
-        InfluxSink(settings.influx, settings.write),
+        sink,
         MQTTSink(settings.mqtt, "out"),
         settings.windows,
         clock=clock,
         max_future_ms=settings.max_future_ms,
     )
-    metrics_writer = make_writer(settings.influx, settings.write)
-    client, publish = _metrics_publisher(settings, intake, ingest_log, clock)
+    # Metrics are best effort: a report that cannot be written is dropped (the
+    # next one carries the same cumulative counters), so an outage never blocks it.
+    metrics_writer = make_writer(
+        settings.influx, dataclasses.replace(settings.write, max_retries=0), label="metrics"
+    )
+    client, publish = _metrics_publisher(settings, intake, ingest_log, clock, sink)
     reporter = MetricsReporter(
         METRICS, settings.instance, publish, metrics_writer.write, settings.metrics_interval_s
     )

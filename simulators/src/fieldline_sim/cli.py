@@ -16,8 +16,9 @@ from types import FrameType
 from typing import Annotated, Callable, Optional
 
 import typer
-from fieldline_edge.mqtt import ConnectError, MqttError, parse_broker_url
+from fieldline_edge.mqtt import ConnectError, MqttError, TLSConfig, parse_broker_url
 
+from fieldline_sim.credentials import FleetCredentials
 from fieldline_sim.fleet import Fleet, FleetConfig, parse_sensors
 from fieldline_sim.groundtruth import GroundTruthWriter
 from fieldline_sim.metrics import FleetMetrics, default_instance
@@ -55,6 +56,25 @@ def run(
     broker: Annotated[
         str, typer.Option(envvar="FIELDLINE_BROKER_URL", help="mqtt://[user:pass@]host[:port]")
     ] = "mqtt://127.0.0.1:1883",
+    credentials: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            envvar="FIELDLINE_SIM_CREDENTIALS",
+            help="JSON file with a simulator user and/or a user per device (replaces the URL's).",
+        ),
+    ] = None,
+    ca_file: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(envvar="FIELDLINE_MQTT_CA_FILE", help="CA certificates (PEM) for mqtts://."),
+    ] = None,
+    cert_file: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(envvar="FIELDLINE_MQTT_CERT_FILE", help="Client certificate (PEM)."),
+    ] = None,
+    key_file: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(envvar="FIELDLINE_MQTT_KEY_FILE", help="Client certificate's key (PEM)."),
+    ] = None,
     site: Annotated[str, typer.Option(help="Site id of every device.")] = "demo",
     devices: Annotated[int, typer.Option(help="Number of devices (dev-0001, ...).")] = 50,
     sensors: Annotated[
@@ -80,6 +100,9 @@ def run(
     """Publish simulated telemetry in real time; stop on SIGTERM/SIGINT or after --duration-s."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        tls = None
+        if ca_file or cert_file or key_file:
+            tls = TLSConfig(ca_file, cert_file, key_file)
         config = FleetConfig(
             broker=parse_broker_url(broker),
             site=site,
@@ -91,11 +114,16 @@ def run(
             seed=seed,
             connections=connections,
             instance=instance if instance is not None else default_instance(),
+            credentials=FleetCredentials.load(credentials) if credentials is not None else None,
+            tls=tls,
         ).validate()
     except ValueError as exc:
         raise _fail(str(exc), 2) from None
 
-    fleet = Fleet(config, progress=_progress(time.monotonic()))
+    try:
+        fleet = Fleet(config, progress=_progress(time.monotonic()))
+    except (ValueError, OSError) as exc:  # unreadable CA or certificate files
+        raise _fail(f"TLS: {exc}", 2) from None
     try:
         fleet.connect()
     except ConnectError as exc:

@@ -38,10 +38,12 @@ from fieldline_edge.mqtt import (
     Connection,
     Message,
     PublishError,
+    TLSConfig,
 )
 from fieldline_edge.sensors import SimulatedSensor
 
 from fieldline_sim import __version__
+from fieldline_sim.credentials import FleetCredentials
 from fieldline_sim.groundtruth import GroundTruthWriter
 from fieldline_sim.metrics import (
     METRICS_INTERVAL_S,
@@ -146,6 +148,9 @@ class FleetConfig:
     connections: int | None = None  # None: see DEFAULT_MAX_CONNECTIONS
     instance: str = field(default_factory=default_instance)
     ack_timeout_s: float = ACK_TIMEOUT_S
+    #: Users replacing the broker URL's: see :mod:`fieldline_sim.credentials`.
+    credentials: FleetCredentials | None = None
+    tls: TLSConfig | None = None
 
     @property
     def n_connections(self) -> int:
@@ -168,8 +173,34 @@ class FleetConfig:
             raise ValueError(f"connections must be in 1..{self.devices} (the number of devices)")
         if self.ack_timeout_s < 0:
             raise ValueError("ack timeout must be >= 0")
+        if self.tls is not None:
+            if not self.broker.tls:
+                raise ValueError(f"TLS options given for {self.broker}: use an mqtts:// URL")
+            self.tls.check()
+        if self.credentials is not None and self.credentials.devices:
+            # A connection authenticates as one user: per-device users need their own.
+            if self.n_connections != self.devices:
+                raise ValueError("per-device credentials need one connection per device")
+            missing = [
+                device_id(i)
+                for i in range(self.devices)
+                if device_id(i) not in self.credentials.devices
+            ]
+            if missing:
+                raise ValueError(
+                    f"no credentials for device {missing[0]} (and {len(missing) - 1} more)"
+                )
         check_instance(self.instance)
         return self
+
+    def broker_for(self, device: str | None) -> BrokerURL:
+        """The broker URL (with user) a connection for ``device`` uses; None: a shared one."""
+        creds = self.credentials
+        if creds is None:
+            return self.broker
+        if device is not None and device in creds.devices:
+            return creds.devices[device].apply(self.broker)
+        return creds.fleet.apply(self.broker) if creds.fleet is not None else self.broker
 
 
 class FleetReport(NamedTuple):
@@ -210,27 +241,37 @@ class Fleet:
         self._stop = threading.Event()
         self.connections: list[Connection] = []
         self.devices: list[_Device] = []
+        #: Carries the fleet's metrics: device users may not publish them.
+        self.metrics_connection: Connection | None = None
         self._connected = False
         self._build()
 
     def _build(self) -> None:
         c = self.config
         n = c.n_connections
+        own = n == c.devices  # one device per client: its own will (and user)
         for k in range(n):
             will = None
-            if n == c.devices:  # one device per client: it gets a real last will
+            if own:
                 will = Message(
                     contract.status_topic(c.site, device_id(k)),
                     contract.encode_status(self._status(device_id(k), "offline")),
                 )
             self.connections.append(
                 Connection(
-                    c.broker,
+                    c.broker_for(device_id(k) if own else None),
                     f"fieldline-sim-{c.instance}-{k}",
                     will=will,
+                    tls=c.tls,
                     max_inflight=MAX_INFLIGHT_MESSAGES,
                 )
             )
+        self.metrics_connection = self.connections[0]
+        if c.credentials is not None and c.credentials.devices and c.credentials.fleet:
+            self.metrics_connection = Connection(
+                c.broker_for(None), f"fieldline-sim-{c.instance}-metrics", tls=c.tls
+            )
+            self.connections.append(self.metrics_connection)
         # Like the agent, each device counts from the start time, so a fleet
         # restarted against a running pipeline is not taken for duplicates.
         seq0 = contract.initial_seq()
@@ -384,7 +425,8 @@ class Fleet:
         if self.progress is not None:
             self.progress(metrics)
         try:
-            return self.connections[0].publish(self.metrics_topic, metrics.to_json(), qos=0)
+            conn = self.metrics_connection or self.connections[0]
+            return conn.publish(self.metrics_topic, metrics.to_json(), qos=0)
         except PublishError as exc:  # QoS 0 while disconnected: metrics are best effort
             log.debug("metrics: %s", exc)
             return None

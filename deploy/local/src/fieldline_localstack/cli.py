@@ -36,10 +36,17 @@ def start(
     victoriametrics: Annotated[
         bool, typer.Option(help="Also start VictoriaMetrics (an InfluxDB v2 write target).")
     ] = False,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            help="TLS, per-device users and ACLs on the broker; InfluxDB with auth and a "
+            "write-only pipeline user. Passwords go to files, never to the terminal."
+        ),
+    ] = False,
 ) -> None:
     """Start the stack in the background and print its URLs and env vars."""
-    stack = LocalStack(state_dir, victoriametrics=victoriametrics)
     try:
+        stack = LocalStack(state_dir, victoriametrics=victoriametrics, secure=secure)
         stack.start()
     except (ServiceError, OSError) as exc:
         raise _fail(str(exc)) from None
@@ -47,10 +54,16 @@ def start(
     _out.print(f"[green]stack started[/] in {stack.state_dir}", highlight=False)
     for name, service in stack.services.items():
         _out.print(f"  {name:<16} {service.url}  (pid {service.pid})")
-    _out.print("\nexport these to point Fieldline at it:")
-    for key, value in stack.env().items():
-        # Plain print: the lines must stay copy-pasteable (no wrapping or markup).
-        print(f"export {key}={value}")
+    if stack.mosquitto.tls_port is not None:
+        _out.print(f"  {'mosquitto (TLS)':<16} {stack.mosquitto.tls_url}")
+    if stack.env_file is not None:
+        _out.print("\nload the pipeline's settings (they hold passwords) with:")
+        print(f"set -a; . {stack.env_file}; set +a")
+    else:
+        _out.print("\nexport these to point Fieldline at it:")
+        for key, value in stack.env().items():
+            # Plain print: the lines must stay copy-pasteable (no wrapping or markup).
+            print(f"export {key}={value}")
     _out.print(f"\nstop it with: fieldline stack stop --dir {state_dir}", highlight=False)
 
 

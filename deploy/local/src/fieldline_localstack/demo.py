@@ -35,7 +35,7 @@ SITE = "demo"
 PIPELINE_INSTANCE = "demo-pipeline"
 SIM_INSTANCE = "demo-sim"
 #: Seconds kept at the end of a timed demo for draining and shutting down.
-DRAIN_BUDGET_S = 8.0
+DRAIN_BUDGET_S = 5.0
 #: How often a deliberately malformed event is sent, to show dead-lettering.
 BAD_EVENT_EVERY_S = 5.0
 STARTUP_TIMEOUT_S = 60.0
@@ -146,7 +146,17 @@ def demo_command(
         started = time.monotonic()
         watch = MetricsWatcher(stack.mosquitto.host, stack.mosquitto.port, "fieldline-demo-watch")
         pipeline = _spawn(
-            ["pipeline", "run", "--instance", PIPELINE_INSTANCE, "--window-s", str(window_s)],
+            [
+                "pipeline",
+                "run",
+                "--instance",
+                PIPELINE_INSTANCE,
+                "--window-s",
+                str(window_s),
+                "--state-dir",
+                str(root / "pipeline-state"),
+                "--flush-on-stop",
+            ],
             env,
             root / "pipeline.log",
         )

@@ -21,7 +21,9 @@ class InfluxDB(Service):
 
     The RPC (backup) listener gets its own free loopback port, because the
     default 8088 would clash between instances. With `auth_enabled`, pass
-    `credentials` (user, password) for the requests made by this object.
+    `credentials` (user, password): `start()` makes that user the admin (the
+    one statement InfluxDB allows before any user exists) and this object's
+    own requests use it. :meth:`create_writer` adds a least-privilege user.
     """
 
     name = "influxd"
@@ -95,6 +97,36 @@ bind-address = {q(f"{self.host}:{self.rpc_port}")}
     def _ready(self) -> bool:
         return answers(f"{self.url}/ping", 204)
 
+    def start(self) -> InfluxDB:
+        super().start()
+        if self.auth_enabled and self.credentials is not None:
+            user, password = self.credentials
+            # Idempotent: on a restart the admin exists and this is a no-op.
+            self._query_secret(
+                f"CREATE USER {_ident(user)} WITH PASSWORD {_string(password)} WITH ALL PRIVILEGES",
+                f"CREATE USER {_ident(user)} WITH PASSWORD *** WITH ALL PRIVILEGES",
+            )
+        return self
+
+    def create_writer(self, user: str, password: str, database: str) -> None:
+        """Create `user` allowed to write to `database` and to do nothing else.
+
+        InfluxDB 1.x `/write` needs only the WRITE privilege on the database:
+        the user can neither read it nor see or touch any other database.
+        """
+        self._query_secret(
+            f"CREATE USER {_ident(user)} WITH PASSWORD {_string(password)}",
+            f"CREATE USER {_ident(user)} WITH PASSWORD ***",
+        )
+        self.query(f"GRANT WRITE ON {_ident(database)} TO {_ident(user)}")
+
+    def _query_secret(self, q: str, shown: str) -> None:
+        try:
+            self.query(q)
+        except InfluxQueryError as exc:
+            # The error names the statement: show it without the password.
+            raise InfluxQueryError(str(exc).replace(repr(q), repr(shown))) from None
+
     def _repick_ports(self) -> None:
         self.port = free_port()
         self.rpc_port = free_port()
@@ -152,6 +184,11 @@ bind-address = {q(f"{self.host}:{self.rpc_port}")}
             return []
         cols = series[0]["columns"]
         return [dict(zip(cols, row)) for row in series[0]["values"]]
+
+
+def _string(value: str) -> str:
+    """Quote an InfluxQL string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _ident(name: str) -> str:

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import os
 
-from fieldline_localstack._process import Service, port_open
+from fieldline_localstack._process import Service, free_port, port_open
+from fieldline_localstack.security import BrokerSecurity
 
 
 class Mosquitto(Service):
     """A Mosquitto broker on 127.0.0.1:`port`, anonymous, persistent.
 
-    `extra_config` is appended to the generated mosquitto.conf (e.g. TLS or
-    password listeners). Persistence is saved every second and on SIGTERM, so
-    queued QoS>0 messages and persistent sessions survive `restart()`.
+    `extra_config` is appended to the generated mosquitto.conf. Persistence is
+    saved every second and on SIGTERM, so queued QoS>0 messages and persistent
+    sessions survive `restart()`.
+
+    With `security` (see :mod:`fieldline_localstack.security`) no client is
+    anonymous: every listener wants a user and password from its password
+    file, and its ACL file confines each user. `port` then stays a plaintext
+    listener (loopback only) unless `plaintext=False`, and `tls_port` is a TLS
+    listener with the security's server certificate; with
+    `require_certificate` a client must also present a certificate signed by
+    its CA.
     """
 
     name = "mosquitto"
@@ -24,14 +33,32 @@ class Mosquitto(Service):
         port: int | None = None,
         *,
         extra_config: str = "",
+        security: BrokerSecurity | None = None,
+        tls_port: int | None = None,
+        plaintext: bool = True,
+        require_certificate: bool = False,
     ) -> None:
         super().__init__(state_dir, port)
         self.extra_config = extra_config
+        self.security = security
+        self.plaintext = plaintext or security is None
+        self.require_certificate = require_certificate
+        self.tls_port: int | None = None
+        self._repick_tls_port = tls_port is None
+        if security is not None:
+            self.tls_port = tls_port if tls_port is not None else free_port()
 
     @property
     def url(self) -> str:
         """mqtt://127.0.0.1:PORT"""
         return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def tls_url(self) -> str:
+        """mqtts://127.0.0.1:TLS_PORT (only with `security`)."""
+        if self.tls_port is None:
+            raise AttributeError("this broker has no TLS listener (no security)")
+        return f"mqtts://{self.host}:{self.tls_port}"
 
     @property
     def config_path(self) -> str:
@@ -40,10 +67,8 @@ class Mosquitto(Service):
 
     def config_text(self) -> str:
         """The mosquitto.conf contents for the current port."""
-        lines = [
-            f"listener {self.port} {self.host}",
-            "allow_anonymous true",
-            "persistence true",
+        lines = [*self._listener_lines(), "persistence true"]
+        lines += [
             # mosquitto concatenates location + "mosquitto.db": the slash matters.
             f"persistence_location {self.state_dir}/",
             # Save every second, so even a SIGKILL loses at most ~1 s of queued state.
@@ -67,9 +92,40 @@ class Mosquitto(Service):
             text += self.extra_config.rstrip("\n") + "\n"
         return text
 
+    def _listener_lines(self) -> list[str]:
+        sec = self.security
+        if sec is None:
+            return [f"listener {self.port} {self.host}", "allow_anonymous true"]
+        # per_listener_settings is false: the password file, the ACL and the
+        # refusal of anonymous clients apply to every listener alike.
+        lines = [
+            "allow_anonymous false",
+            f"password_file {sec.password_file}",
+            f"acl_file {sec.acl_file}",
+        ]
+        if self.plaintext:
+            lines.append(f"listener {self.port} {self.host}")
+        lines += [
+            f"listener {self.tls_port} {self.host}",
+            f"cafile {sec.ca_file}",
+            f"certfile {sec.server_cert_file}",
+            f"keyfile {sec.server_key_file}",
+            "tls_version tlsv1.2",
+            f"require_certificate {'true' if self.require_certificate else 'false'}",
+        ]
+        return lines
+
+    def _repick_ports(self) -> None:
+        super()._repick_ports()
+        if self.tls_port is not None and self._repick_tls_port:
+            self.tls_port = free_port()
+
     def _prepare(self, binary: str) -> list[str]:
         (self.state_dir / "mosquitto.conf").write_text(self.config_text())
         return [binary, "-c", self.config_path]
 
     def _ready(self) -> bool:
-        return port_open(self.port, self.host)
+        ports = [self.port] if self.plaintext else []
+        if self.tls_port is not None:
+            ports.append(self.tls_port)
+        return all(port_open(p, self.host) for p in ports)

@@ -17,7 +17,13 @@ import pytest
 from fieldline_localstack._process import Service
 from fieldline_localstack.influxdb import InfluxDB
 from fieldline_localstack.mosquitto import Mosquitto
+from fieldline_localstack.security import BrokerSecurity, generate_broker_security
 from fieldline_localstack.victoriametrics import VictoriaMetrics
+
+#: The site and devices that have broker users on `secure_mosquitto`; the
+#: simulator user of that site is there too (see `BrokerSecurity.sim_credentials_file`).
+SECURE_SITE = "secure"
+SECURE_DEVICES = ("dev-0001", "dev-0002", "dev-0003")
 
 _S = TypeVar("_S", bound=Service)
 _started: list[Service] = []
@@ -75,3 +81,34 @@ def influx_db(influxdb: InfluxDB) -> Iterator[str]:
 def fresh_mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
     """A Mosquitto private to the test: free to restart() or kill()."""
     yield from _run(Mosquitto(tmp_path_factory.mktemp("fresh_mosquitto")))
+
+
+@pytest.fixture(scope="session")
+def broker_security(tmp_path_factory: pytest.TempPathFactory) -> BrokerSecurity:
+    """CA, certificates, users and ACLs for `SECURE_SITE`/`SECURE_DEVICES` (see security.py)."""
+    return generate_broker_security(
+        tmp_path_factory.mktemp("broker_security"),
+        devices={SECURE_SITE: SECURE_DEVICES},
+        sim_sites=[SECURE_SITE],
+    )
+
+
+@pytest.fixture(scope="session")
+def secure_mosquitto(
+    tmp_path_factory: pytest.TempPathFactory, broker_security: BrokerSecurity
+) -> Iterator[Mosquitto]:
+    """A broker shared by the session with no anonymous access, users, ACLs and TLS.
+
+    `.url` is a plaintext listener, `.tls_url` the TLS one; both want a password.
+    """
+    broker = Mosquitto(tmp_path_factory.mktemp("secure_mosquitto"), security=broker_security)
+    yield from _run(broker)
+
+
+@pytest.fixture(scope="session")
+def secure_influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB]:
+    """An InfluxDB 1.x with authentication on; `.credentials` is its admin user."""
+    admin = ("admin", secrets.token_urlsafe(16))
+    yield from _run(
+        InfluxDB(tmp_path_factory.mktemp("secure_influxdb"), auth_enabled=True, credentials=admin)
+    )

@@ -11,10 +11,20 @@ from typing import Any
 from fieldline_localstack._process import Service, ServiceError
 from fieldline_localstack.influxdb import InfluxDB
 from fieldline_localstack.mosquitto import Mosquitto
+from fieldline_localstack.security import (
+    CREDENTIALS_FILE,
+    BrokerSecurity,
+    generate_broker_security,
+    influx_credentials,
+)
 from fieldline_localstack.victoriametrics import VictoriaMetrics
 
 DATABASE = "fieldline"
 STATE_FILE = "stack.json"
+#: Site and number of devices that get their own broker users in a secure stack.
+SECURE_SITE = "demo"
+SECURE_DEVICES = 50
+ENV_FILE = "pipeline.env"
 
 
 class LocalStack:
@@ -25,10 +35,35 @@ class LocalStack:
     report on it or stop it. Services live in `<state_dir>/<service name>/`.
     """
 
-    def __init__(self, state_dir: str | os.PathLike[str], *, victoriametrics: bool = False) -> None:
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        *,
+        victoriametrics: bool = False,
+        secure: bool = False,
+    ) -> None:
         self.state_dir = Path(state_dir).resolve()
-        self.mosquitto = Mosquitto(self.state_dir / "mosquitto")
-        self.influxdb = InfluxDB(self.state_dir / "influxdb")
+        self.secure = secure
+        self.security: BrokerSecurity | None = None
+        influx_auth = None
+        if secure:
+            sec_dir = self.state_dir / "security"
+            if (sec_dir / CREDENTIALS_FILE).exists():  # a restart keeps its users
+                self.security = BrokerSecurity.load(sec_dir)
+            else:
+                devices = [f"dev-{i:04d}" for i in range(1, SECURE_DEVICES + 1)]
+                self.security = generate_broker_security(
+                    sec_dir, devices={SECURE_SITE: devices}, sim_sites=[SECURE_SITE]
+                )
+            influx_auth = influx_credentials(sec_dir)
+        self.influx_users = influx_auth or {}
+        self.mosquitto = Mosquitto(self.state_dir / "mosquitto", security=self.security)
+        admin = self.influx_users.get("admin")
+        self.influxdb = InfluxDB(
+            self.state_dir / "influxdb",
+            auth_enabled=secure,
+            credentials=(admin.username, admin.password) if admin is not None else None,
+        )
         self.victoriametrics = (
             VictoriaMetrics(self.state_dir / "victoriametrics") if victoriametrics else None
         )
@@ -47,16 +82,44 @@ class LocalStack:
         """Path of stack.json."""
         return self.state_dir / STATE_FILE
 
-    def env(self) -> dict[str, str]:
-        """Environment variables pointing Fieldline components at this stack."""
+    def env(self, *, secrets: bool = True) -> dict[str, str]:
+        """Environment variables pointing Fieldline components at this stack.
+
+        In a secure stack they carry the pipeline's credentials (TLS URL with
+        its user, its write-only InfluxDB user) and the simulator's credentials
+        file; `secrets=False` leaves the passwords out.
+        """
         env = {
             "FIELDLINE_BROKER_URL": self.mosquitto.url,
             "FIELDLINE_INFLUX_URL": self.influxdb.url,
             "FIELDLINE_INFLUX_DB": self.database,
         }
+        if self.security is not None:
+            pipe = self.security.pipeline
+            auth = f"{pipe.username}:{pipe.password}" if secrets else pipe.username
+            env["FIELDLINE_BROKER_URL"] = self.mosquitto.tls_url.replace("://", f"://{auth}@", 1)
+            env["FIELDLINE_MQTT_CA_FILE"] = str(self.security.ca_file)
+            env["FIELDLINE_SIM_CREDENTIALS"] = str(self.security.sim_credentials_file(SECURE_SITE))
+            writer = self.influx_users["pipeline"]
+            env["FIELDLINE_INFLUX_USER"] = writer.username
+            if secrets:
+                env["FIELDLINE_INFLUX_PASSWORD"] = writer.password
         if self.victoriametrics is not None:
             env["FIELDLINE_VM_URL"] = self.victoriametrics.url
         return env
+
+    @property
+    def env_file(self) -> Path | None:
+        """In a secure stack: the `KEY=VALUE` file (mode 0600) holding `env()` with secrets."""
+        return self.security.directory / ENV_FILE if self.security is not None else None
+
+    def _write_env_file(self) -> None:
+        if self.env_file is None:
+            return
+        self.env_file.unlink(missing_ok=True)
+        fd = os.open(self.env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.writelines(f"{k}={v}\n" for k, v in self.env().items())
 
     def start(self) -> LocalStack:
         """Start every service, create the database, write stack.json.
@@ -70,6 +133,10 @@ class LocalStack:
             for service in self.services.values():
                 service.start()
             self.influxdb.create_database(self.database)
+            if self.secure:
+                writer = self.influx_users["pipeline"]
+                self.influxdb.create_writer(writer.username, writer.password, self.database)
+            self._write_env_file()
         except BaseException:
             self.stop()
             raise
@@ -111,12 +178,20 @@ class LocalStack:
         for name, s in self.services.items():
             services[name] = {"pid": s.pid, "port": s.port, "url": s.url}
         services["influxdb"]["rpc_port"] = self.influxdb.rpc_port
-        return {
+        if self.mosquitto.tls_port is not None:
+            services["mosquitto"]["tls_port"] = self.mosquitto.tls_port
+            services["mosquitto"]["tls_url"] = self.mosquitto.tls_url
+        described: dict[str, Any] = {
             "state_dir": str(self.state_dir),
             "database": self.database,
+            "secure": self.secure,
             "services": services,
-            "env": self.env(),
+            # Never a password here: stack.json is an ordinary readable file.
+            "env": self.env(secrets=False),
         }
+        if self.env_file is not None:
+            described["env_file"] = str(self.env_file)
+        return described
 
     def _write_state(self) -> None:
         tmp = self.state_file.with_suffix(".tmp")
@@ -133,10 +208,16 @@ class LocalStack:
         try:
             state = json.loads(path.read_text())
             services = state["services"]
-            stack = cls(state_dir, victoriametrics="victoriametrics" in services)
+            stack = cls(
+                state_dir,
+                victoriametrics="victoriametrics" in services,
+                secure=bool(state.get("secure", False)),
+            )
             for name, service in stack.services.items():
                 service.port = int(services[name]["port"])
                 service.adopt(int(services[name]["pid"]))
+            if "tls_port" in services["mosquitto"]:
+                stack.mosquitto.tls_port = int(services["mosquitto"]["tls_port"])
             stack.influxdb.rpc_port = int(services["influxdb"]["rpc_port"])
             stack.database = str(state["database"])
         except FileNotFoundError:

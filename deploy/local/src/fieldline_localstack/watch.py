@@ -22,10 +22,23 @@ METRICS_FILTER = "fieldline/_metrics/#"
 class MetricsWatcher:
     """Latest metrics snapshot per ``(service, instance)``; a context manager."""
 
-    def __init__(self, host: str, port: int, client_id: str = "fieldline-watch") -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        client_id: str = "fieldline-watch",
+        *,
+        auth: tuple[str, str] | None = None,
+        ca_file: str | None = None,
+    ) -> None:
+        """``auth`` is (user, password) on a secured broker; ``ca_file`` turns on TLS."""
         self._lock = threading.Condition()
         self._latest: dict[tuple[str, str], dict[str, Any]] = {}
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        if auth is not None:
+            self._client.username_pw_set(*auth)
+        if ca_file is not None:
+            self._client.tls_set(ca_certs=ca_file)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._client.connect_async(host, port, keepalive=30)

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import paho.mqtt.client as mqtt
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from fieldline_edge.mqtt import BrokerURL
+from fieldline_edge.mqtt import BrokerURL, TLSConfig, configure_client
 from paho.mqtt.enums import CallbackAPIVersion
 
 log = logging.getLogger(__name__)
@@ -74,14 +74,25 @@ class MQTTSettings:
 
     >>> MQTTSettings(broker=parse_broker_url("mqtt://127.0.0.1:1883"), group="fieldline")
     ... # doctest: +ELLIPSIS
-    MQTTSettings(broker=..., group='fieldline', client_id_prefix='fieldline-pipeline', qos=1)
+    MQTTSettings(broker=..., group='fieldline', client_id_prefix='fieldline-pipeline', qos=1,
+                 tls=None)
+
+    ``tls`` (CA, client certificate) applies to an ``mqtts://`` broker; the
+    broker URL carries the user and password and never shows the password.
     """
 
     broker: BrokerURL
     group: str = "fieldline"
     client_id_prefix: str = "fieldline-pipeline"
     qos: int = 1
+    tls: TLSConfig | None = None
     stop: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.tls is not None:
+            if not self.broker.tls:
+                raise ValueError(f"TLS options given for {self.broker}: use an mqtts:// URL")
+            self.tls.check()
 
 
 def _new_client(settings: MQTTSettings, client_id: str, clean_session: bool) -> mqtt.Client:
@@ -92,10 +103,7 @@ def _new_client(settings: MQTTSettings, client_id: str, clean_session: bool) -> 
         protocol=mqtt.MQTTv311,
     )
     b = settings.broker
-    if b.username is not None:
-        client.username_pw_set(b.username, b.password)
-    if b.tls:
-        client.tls_set()
+    configure_client(client, b, settings.tls)
     client.reconnect_delay_set(RECONNECT_MIN_DELAY_S, RECONNECT_MAX_DELAY_S)
     # Queue without limit while disconnected: paho resends QoS 1 on reconnect.
     client.max_queued_messages_set(0)
