@@ -113,9 +113,11 @@ def test_network_partition_between_broker_and_pipeline_loses_nothing(
         broker = start_broker_in(ns, tmp_path / "broker")
         try:
             url = f"mqtt://{ns.ns_ip}:1883"
+            # A short keepalive, so that both sides declare the link dead during
+            # the cut and the pipeline must reconnect to its persistent session.
             pipeline = start_pipeline(
                 "--window-s", "1", "--lateness-s", "1", "--idle-timeout-s", "300",
-                broker_url=url,
+                "--keepalive-s", "2", broker_url=url,
             )  # fmt: skip
             gt = tmp_path / "gt"
             # The devices sit with the broker, on the far side of the cut.
@@ -124,6 +126,9 @@ def test_network_partition_between_broker_and_pipeline_loses_nothing(
             ns.cut()
             time.sleep(8)
             ns.restore()
+            assert pipeline.watch.wait_for(
+                lambda _w: "MQTT disconnected" in pipeline.log_text(), 30
+            ), "the cut did not break the pipeline's connection"
             summary = finish(sim)
             assert summary["unacked_messages"] == 0
             assert pipeline.watch.wait_for(

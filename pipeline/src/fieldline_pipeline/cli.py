@@ -96,6 +96,9 @@ def run(
     instance: Annotated[
         str | None, typer.Option(help="Name in metrics; default <host>-<pid>.")
     ] = None,
+    keepalive_s: Annotated[
+        int, typer.Option(min=1, help="MQTT keepalive: how fast a dead link is noticed.")
+    ] = 30,
     state_dir: Annotated[
         Path,
         typer.Option(
@@ -139,7 +142,11 @@ def run(
         if ca_file or cert_file or key_file:
             tls = TLSConfig(ca_file, cert_file, key_file)
         mqtt_settings = MQTTSettings(
-            broker=parse_broker_url(broker), group=group, client_id_prefix=client_id, tls=tls
+            broker=parse_broker_url(broker),
+            group=group,
+            client_id_prefix=client_id,
+            tls=tls,
+            keepalive_s=keepalive_s,
         )
         windows = WindowConfig(
             width_ms=round(window_s * 1000),

@@ -35,7 +35,7 @@ from fieldline_pipeline.clock import IngestClock
 from fieldline_pipeline.connectors.influx import InfluxSink, make_writer
 from fieldline_pipeline.connectors.intake import MQTTIntake
 from fieldline_pipeline.connectors.log_source import IngestLogSource, log_path, partition_name
-from fieldline_pipeline.connectors.mqtt import KEEPALIVE_S, MQTTSink
+from fieldline_pipeline.connectors.mqtt import MQTTSink
 from fieldline_pipeline.dataflow import build_dataflow
 from fieldline_pipeline.ingest_log import IngestLog
 from fieldline_pipeline.metrics import METRICS, METRICS_TOPIC_PREFIX, MetricsReporter
@@ -83,7 +83,7 @@ def _metrics_publisher(
         protocol=mqtt.MQTTv311,
     )
     configure_client(client, s.broker, s.tls)
-    client.connect_async(s.broker.host, s.broker.port, keepalive=KEEPALIVE_S)
+    client.connect_async(s.broker.host, s.broker.port, keepalive=s.keepalive_s)
     client.loop_start()
     topic = f"{METRICS_TOPIC_PREFIX}/{settings.instance}"
 

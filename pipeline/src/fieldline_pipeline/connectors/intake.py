@@ -22,8 +22,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from fieldline_pipeline.connectors.mqtt import KEEPALIVE_S, MQTTSettings
-from fieldline_pipeline.connectors.mqtt import _new_client as new_client
+from fieldline_pipeline.connectors.mqtt import MQTTSettings, new_client
 from fieldline_pipeline.ingest_log import IngestLog
 
 log = logging.getLogger(__name__)
@@ -67,7 +66,7 @@ class MQTTIntake:
     def start(self) -> None:
         b = self._settings.broker
         self._committer.start()
-        self._client.connect_async(b.host, b.port, keepalive=KEEPALIVE_S)
+        self._client.connect_async(b.host, b.port, keepalive=self._settings.keepalive_s)
         self._client.loop_start()
 
     # paho network thread ---------------------------------------------------
