@@ -64,12 +64,28 @@ MIN_TIMESTAMP_MS = 946_684_800_000
 MAX_TIMESTAMP_MS = 4_102_444_800_000
 MAX_SEQ = 2**63 - 1
 MAX_UNIT_LEN = 16
+#: Largest magnitude of a value. Far beyond any sensor, and small enough that
+#: sums and squares over a window can never overflow a double.
+MAX_ABS_VALUE = 1e100
 
 # Site, device and sensor ids: 1-64 word characters (any script), dots and dashes,
 # not starting with "_", "." or "-" (ids starting with "_" are reserved for the
 # system's own topics). "/", "+", "#" and "$" can never appear, which keeps them
 # safe as MQTT topic levels and as InfluxDB tag values.
 _ID_RE = re.compile(r"[^\W_][\w.\-]{0,63}\Z")
+
+
+def _show(value: object) -> str:
+    """A short, safe rendering of a bad value for an error detail.
+
+    Containers are named, not printed: a payload can nest a thousand levels
+    deep, and repr() of that would recurse; strings are cut at 64 characters.
+    """
+    if isinstance(value, (dict, list)):
+        return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
+    if isinstance(value, str) and len(value) > 64:
+        value = value[:64] + "…"
+    return repr(value)
 
 
 class ContractError(ValueError):
@@ -185,7 +201,7 @@ def is_valid_id(value: object) -> bool:
 
 def check_id(what: str, value: object) -> str:
     if not is_valid_id(value):
-        raise ContractError("bad_id", f"{what} {value!r} is not a valid id")
+        raise ContractError("bad_id", f"{what} {_show(value)} is not a valid id")
     return value  # type: ignore[return-value]
 
 
@@ -248,6 +264,8 @@ def _load_object(payload: bytes, max_bytes: Optional[int] = MAX_PAYLOAD_BYTES) -
         obj = _loads(payload)
     except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
         raise ContractError("not_json", str(exc)[:200]) from None
+    except RecursionError:  # the standard library's parser on very deep nesting
+        raise ContractError("not_json", "nested too deeply") from None
     if not isinstance(obj, dict):
         raise ContractError("not_object", f"payload is a JSON {type(obj).__name__}, not an object")
     return obj
@@ -258,6 +276,17 @@ def _field(obj: dict[str, Any], name: str, where: str = "") -> Any:
         return obj[name]
     except KeyError:
         raise ContractError("missing_field", f"{where}{name} is missing") from None
+
+
+def _unit_ok(unit: object) -> bool:
+    # Units end up as InfluxDB tag values: no control characters (a line break
+    # would end the line) and no backslash (line protocol cannot carry all uses).
+    return (
+        isinstance(unit, str)
+        and len(unit) <= MAX_UNIT_LEN
+        and unit.isprintable()
+        and "\\" not in unit
+    )
 
 
 def _is_int(v: object) -> bool:
@@ -273,18 +302,18 @@ def decode_telemetry(topic: str, payload: bytes) -> Telemetry:
     schema = obj.get("schema")
     if schema == SCHEMA_TELEMETRY_V1:
         return _telemetry_v1(site, device, obj)
-    raise ContractError("unknown_schema", f"schema {schema!r} is not one this decoder knows")
+    raise ContractError("unknown_schema", f"schema {_show(schema)} is not one this decoder knows")
 
 
 def _telemetry_v1(site: str, device: str, obj: dict[str, Any]) -> Telemetry:
     body_device = _field(obj, "device")
     if body_device != device:
         raise ContractError(
-            "topic_mismatch", f"payload device {body_device!r} != topic device {device!r}"
+            "topic_mismatch", f"payload device {_show(body_device)} != topic device {device!r}"
         )
     seq = _field(obj, "seq")
     if not _is_int(seq) or not 0 <= seq <= MAX_SEQ:
-        raise ContractError("wrong_type", f"seq must be an integer in [0, 2^63), got {seq!r}")
+        raise ContractError("wrong_type", f"seq must be an integer in [0, 2^63), got {_show(seq)}")
     raw = _field(obj, "readings")
     if not isinstance(raw, list):
         raise ContractError("wrong_type", "readings must be a list")
@@ -308,24 +337,28 @@ def _telemetry_v1(site: str, device: str, obj: dict[str, Any]) -> Telemetry:
             ) from None
         unit = r.get("unit", "")
         if not (isinstance(sensor, str) and _ID_RE.match(sensor)):
-            raise ContractError("bad_id", f"readings[{i}].sensor {sensor!r} is not a valid id")
+            raise ContractError("bad_id", f"readings[{i}].sensor {_show(sensor)} is not a valid id")
         if type(ts) is not int:
             raise ContractError("wrong_type", f"readings[{i}].ts must be integer milliseconds")
         if not MIN_TIMESTAMP_MS <= ts < MAX_TIMESTAMP_MS:
             raise ContractError("bad_timestamp", f"readings[{i}].ts {ts} is outside 2000..2100")
         vt = type(value)
-        if vt is float:
-            if not isfinite(value):
-                raise ContractError("non_finite", f"readings[{i}].value is {value!r}")
-        elif vt is int:
+        if vt is int:
             try:
                 value = float(value)
             except OverflowError:
-                raise ContractError("non_finite", f"readings[{i}].value is out of range") from None
-        else:
+                raise ContractError("out_of_range", f"readings[{i}].value is too large") from None
+        elif vt is not float:
             raise ContractError("wrong_type", f"readings[{i}].value must be a number")
-        if not isinstance(unit, str) or len(unit) > MAX_UNIT_LEN or "\n" in unit:
-            raise ContractError("wrong_type", f"readings[{i}].unit must be a short string")
+        if not -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:  # also False for NaN
+            reason = "non_finite" if not isfinite(value) else "out_of_range"
+            raise ContractError(reason, f"readings[{i}].value {value!r} is out of range")
+        if unit != "" and not _unit_ok(unit):
+            raise ContractError(
+                "wrong_type",
+                f"readings[{i}].unit must be a string of at most {MAX_UNIT_LEN} printable "
+                "characters without a backslash",
+            )
         append(Reading(sensor, ts, value, unit))
     return Telemetry(site, device, seq, readings)
 
@@ -336,12 +369,12 @@ def decode_status(topic: str, payload: bytes) -> Status:
         raise ContractError("bad_topic", f"not a status topic: {topic!r}")
     obj = _load_object(payload)
     if obj.get("schema") != SCHEMA_STATUS_V1:
-        raise ContractError("unknown_schema", f"schema {obj.get('schema')!r} is not known")
+        raise ContractError("unknown_schema", f"schema {_show(obj.get('schema'))} is not known")
     if _field(obj, "device") != device:
         raise ContractError("topic_mismatch", f"payload device != topic device {device!r}")
     state = _field(obj, "state")
     if state not in ("online", "offline"):
-        raise ContractError("wrong_type", f"state must be online or offline, got {state!r}")
+        raise ContractError("wrong_type", f"state must be online or offline, got {_show(state)}")
     ts = _field(obj, "ts")
     if not _is_int(ts):
         raise ContractError("wrong_type", "ts must be integer milliseconds")
@@ -352,7 +385,7 @@ def decode_status(topic: str, payload: bytes) -> Status:
 def decode_alert(payload: bytes) -> Alert:
     obj = _load_object(payload)
     if obj.get("schema") != SCHEMA_ALERT_V1:
-        raise ContractError("unknown_schema", f"schema {obj.get('schema')!r} is not known")
+        raise ContractError("unknown_schema", f"schema {_show(obj.get('schema'))} is not known")
     try:
         return Alert(**{k: obj[k] for k in Alert._fields})
     except KeyError as exc:
@@ -363,7 +396,7 @@ def decode_dead_letter(payload: bytes) -> DeadLetter:
     # A dead letter wraps its original whole, however large that was.
     obj = _load_object(payload, max_bytes=None)
     if obj.get("schema") != SCHEMA_DEAD_LETTER_V1:
-        raise ContractError("unknown_schema", f"schema {obj.get('schema')!r} is not known")
+        raise ContractError("unknown_schema", f"schema {_show(obj.get('schema'))} is not known")
     if "payload_b64" in obj:
         original = base64.b64decode(obj["payload_b64"])
     else:

@@ -80,7 +80,7 @@ def decode_message(
             "internal_error", f"{type(exc).__name__}: {exc}"[:300], msg.topic, msg.payload,
             msg.received_ms,
         )  # fmt: skip
-    metrics.on_message(len(tel.readings))
+    metrics.on_message()
     return Accepted(tel, msg.received_ms)
 
 
@@ -113,27 +113,28 @@ class _WindowLogic(StatefulBatchLogic[Accepted, WindowResult, dict[str, Any]]):
     def on_batch(self, values: list[Accepted]) -> tuple[list[WindowResult], bool]:
         w = self._w
         out: list[WindowResult] = []
-        late_total = duplicates = 0
+        readings = late_total = duplicates = 0
         for tel, received_ms in values:
             if w.is_duplicate(tel.seq):
                 duplicates += 1
                 continue
+            readings += len(tel.readings)
             closed, late = w.add(tel, received_ms)
             out.extend(closed)
             for lr in late:
                 late_total += lr.count
         m = self._metrics
-        if late_total:
-            m.on_late(late_total)
-        if duplicates:
-            m.on_duplicates(duplicates)
+        m.on_readings(readings, late_total, duplicates)
         m.on_event_time(w.max_ts)
         m.on_windows(len(out))
         return out, StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[WindowResult], bool]:
-        out = self._w.on_time(self._clock.now_ms())
+        now = self._clock.now_ms()
+        out = self._w.on_time(now)
         self._metrics.on_windows(len(out))
+        if self._w.expired(now):
+            return out, StatefulBatchLogic.DISCARD
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[WindowResult], bool]:
@@ -144,11 +145,8 @@ class _WindowLogic(StatefulBatchLogic[Accepted, WindowResult, dict[str, Any]]):
         return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        due = self._w.next_idle_close_ms()
-        if due is None:
-            return None
-        # `due` is in ingest time; wake up when the ingest clock could reach it.
-        wait_ms = max(0, due - self._clock.now_ms())
+        # The wake-up is in ingest time; sleep until the ingest clock could reach it.
+        wait_ms = max(0, self._w.next_wakeup_ms() - self._clock.now_ms())
         return datetime.now(timezone.utc) + timedelta(milliseconds=wait_ms)
 
     def snapshot(self) -> dict[str, Any]:

@@ -38,10 +38,16 @@ class PipelineMetrics:
         self.max_event_ms = 0
         self.started_ms = int(time.time() * 1000)
 
-    def on_message(self, readings: int) -> None:
+    def on_message(self) -> None:
         with self._lock:
             self.messages += 1
-            self.readings += readings
+
+    def on_readings(self, accepted: int, late: int, duplicates: int) -> None:
+        """Readings of non-duplicate messages; ``late`` of them came too late."""
+        with self._lock:
+            self.readings += accepted
+            self.late_readings += late
+            self.duplicates += duplicates
 
     def on_event_time(self, max_event_ms: int) -> None:
         if max_event_ms > self.max_event_ms:  # a racy read only delays the update
@@ -52,14 +58,6 @@ class PipelineMetrics:
         with self._lock:
             self.messages += 1
             self.dead_letters[reason] = self.dead_letters.get(reason, 0) + 1
-
-    def on_late(self, count: int) -> None:
-        with self._lock:
-            self.late_readings += count
-
-    def on_duplicates(self, count: int) -> None:
-        with self._lock:
-            self.duplicates += count
 
     def on_windows(self, count: int) -> None:
         with self._lock:

@@ -44,13 +44,17 @@ class WindowConfig:
     """Window width and lateness, in milliseconds.
 
     >>> WindowConfig(width_ms=10_000, lateness_ms=2_000)
-    WindowConfig(width_ms=10000, lateness_ms=2000, idle_timeout_ms=30000, flush_on_eof=True)
+    WindowConfig(width_ms=10000, lateness_ms=2000, idle_timeout_ms=30000, flush_on_eof=True, state_ttl_ms=21600000)
     """
 
     width_ms: int = 10_000
     lateness_ms: int = 2_000
     idle_timeout_ms: int = 30_000
     flush_on_eof: bool = True
+    #: A device silent this long, with no open window, has its state dropped, so
+    #: memory follows the active fleet, not every id ever seen. Only a copy of a
+    #: message older than this could then be taken for new.
+    state_ttl_ms: int = 6 * 3600 * 1000
 
     def __post_init__(self) -> None:
         if self.width_ms <= 0:
@@ -59,6 +63,8 @@ class WindowConfig:
             raise ValueError(f"allowed lateness must be >= 0 ms, got {self.lateness_ms}")
         if self.idle_timeout_ms <= 0:
             raise ValueError(f"idle timeout must be > 0 ms, got {self.idle_timeout_ms}")
+        if self.state_ttl_ms < self.idle_timeout_ms:
+            raise ValueError("the state TTL must not be shorter than the idle timeout")
 
 
 class WindowResult(NamedTuple):
@@ -179,6 +185,17 @@ class DeviceWindows:
         if not any(self.open.values()):
             return None
         return self.last_seen_ms + self.config.idle_timeout_ms
+
+    def next_wakeup_ms(self) -> int:
+        """Ingest time of the next idle close, or else of the state's expiry."""
+        due = self.next_idle_close_ms()
+        return due if due is not None else self.last_seen_ms + self.config.state_ttl_ms
+
+    def expired(self, now_ms: int) -> bool:
+        """Silent for the state TTL with nothing open: the state may be dropped."""
+        return self.next_idle_close_ms() is None and (
+            now_ms >= self.last_seen_ms + self.config.state_ttl_ms
+        )
 
     def on_time(self, now_ms: int) -> list[WindowResult]:
         """Close everything if the device has been silent for the idle timeout.
