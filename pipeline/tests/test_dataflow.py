@@ -4,6 +4,7 @@ import math
 import statistics
 
 import orjson
+import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 from fieldline_edge.contract import (
     Reading,
@@ -15,7 +16,7 @@ from fieldline_pipeline.clock import IngestClock
 from fieldline_pipeline.connectors.mqtt import MqttMessage
 from fieldline_pipeline.dataflow import build_dataflow
 from fieldline_pipeline.metrics import PipelineMetrics
-from fieldline_pipeline.windows import WindowConfig
+from fieldline_pipeline.windows import WindowConfig, WindowResult
 
 T0 = 1_700_000_000_000
 RECEIVED = T0 + 60_000  # when the intake received the messages
@@ -167,3 +168,23 @@ def test_a_device_clock_far_ahead_is_dead_lettered_without_holding_others_back()
     assert [t for t, _ in dead] == ["fieldline/deadletter/future_timestamp"]
     assert sorted(parse_line(line)[1]["count"] for line in lines) == [1, 1]
     assert metrics.snapshot()["late_readings"] == 1
+
+
+def test_a_window_that_cannot_be_written_costs_that_window_not_the_pipeline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fieldline_pipeline import dataflow
+
+    real = dataflow.window_line
+
+    def fussy(w: WindowResult) -> str:
+        if w.device == "d1":
+            raise ValueError("cannot be written")
+        return real(w)
+
+    monkeypatch.setattr(dataflow, "window_line", fussy)
+    cfg = WindowConfig(width_ms=1_000, lateness_ms=0)
+    msgs = [telemetry("d1", 0, [("t", T0, 1.0)]), telemetry("d2", 0, [("t", T0, 2.0)])]
+    lines, _, metrics = run(msgs, cfg)
+    assert [parse_line(line)[0]["device"] for line in lines] == ["d2"]
+    assert metrics.snapshot()["unwritable_windows"] == 1

@@ -12,6 +12,7 @@ State is keyed by ``site/device``; Bytewax routes each device to one worker.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
@@ -37,6 +38,8 @@ from fieldline_pipeline.metrics import METRICS, PipelineMetrics
 from fieldline_pipeline.windows import DeviceWindows, WindowConfig, WindowResult
 
 __all__ = ["TELEMETRY_SUBSCRIPTION", "build_dataflow", "decode_message", "window_line"]
+
+log = logging.getLogger(__name__)
 
 WINDOW_MEASUREMENT = "reading_window"
 #: Readings stamped further ahead of the pipeline's receive time than this come
@@ -189,6 +192,18 @@ def build_dataflow(
         return _WindowLogic(w, metrics, clock_)
 
     windows = op.stateful_batch("windows", keyed, builder)
-    lines = op.map("window_line", windows, lambda kv: window_line(kv[1]))
+
+    def to_line(kv: tuple[str, WindowResult]) -> str | None:
+        # The contract keeps values and units writable; should a window still not
+        # fit line protocol, it costs that window (logged, counted), never the
+        # pipeline: a crash here would repeat on every replay of the same input.
+        try:
+            return window_line(kv[1])
+        except ValueError:
+            log.exception("window cannot be written as line protocol: %r", kv[1])
+            metrics.on_unwritable_window()
+            return None
+
+    lines = op.filter_map("window_line", windows, to_line)
     op.output("influx_out", lines, windows_sink)
     return flow

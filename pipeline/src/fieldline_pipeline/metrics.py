@@ -34,6 +34,7 @@ class PipelineMetrics:
         self.late_readings = 0
         self.duplicates = 0
         self.windows = 0
+        self.unwritable_windows = 0
         self.dead_letters: dict[str, int] = {}
         self.max_event_ms = 0
         self.started_ms = int(time.time() * 1000)
@@ -59,6 +60,10 @@ class PipelineMetrics:
             self.messages += 1
             self.dead_letters[reason] = self.dead_letters.get(reason, 0) + 1
 
+    def on_unwritable_window(self) -> None:
+        with self._lock:
+            self.unwritable_windows += 1
+
     def on_windows(self, count: int) -> None:
         with self._lock:
             self.windows += count
@@ -72,6 +77,7 @@ class PipelineMetrics:
                 "late_readings": self.late_readings,
                 "duplicates": self.duplicates,
                 "windows": self.windows,
+                "unwritable_windows": self.unwritable_windows,
                 "dead_letters": sum(self.dead_letters.values()),
                 "dead_letters_by_reason": dict(self.dead_letters),
                 # How far the newest event seen is behind the wall clock.

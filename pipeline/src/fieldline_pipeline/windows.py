@@ -43,8 +43,8 @@ SEQ_WINDOW = 4096
 class WindowConfig:
     """Window width and lateness, in milliseconds.
 
-    >>> WindowConfig(width_ms=10_000, lateness_ms=2_000)
-    WindowConfig(width_ms=10000, lateness_ms=2000, idle_timeout_ms=30000, flush_on_eof=True, state_ttl_ms=21600000)
+    >>> WindowConfig(width_ms=10_000, lateness_ms=2_000).idle_timeout_ms
+    30000
     """
 
     width_ms: int = 10_000
