@@ -28,6 +28,7 @@ class PipelineProcess:
     log: Path
     watch: MetricsWatcher
     args: list[str] = field(default_factory=list)
+    env: dict[str, str] | None = None
 
     def kill(self) -> None:
         """kill -9: no chance to flush, commit or say goodbye."""
@@ -38,7 +39,9 @@ class PipelineProcess:
         """Start the same pipeline again (same identity, same state dir)."""
         assert self.proc.poll() is not None, "stop or kill it first"
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                self.args, stdout=out, stderr=subprocess.STDOUT, env=self.env
+            )
 
     def metrics(self) -> dict[str, object]:
         return self.watch.latest("pipeline").get(self.instance, {})
@@ -64,6 +67,26 @@ class PipelineProcess:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def launch(
+    args: list[str], instance: str, log: Path, watch: MetricsWatcher,
+    env: dict[str, str] | None = None,
+) -> PipelineProcess:  # fmt: skip
+    """Start a pipeline process and wait until its intake is subscribed."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+    p = PipelineProcess(proc, instance, log, watch, args, env)
+    ok = watch.wait_for(
+        lambda w: (
+            bool(w.latest("pipeline").get(instance, {}).get("subscribed_clients"))
+            or proc.poll() is not None
+        ),
+        START_TIMEOUT_S,
+    )
+    assert ok, f"pipeline did not start:\n{p.log_text()[-3000:]}"
+    assert proc.poll() is None, f"pipeline exited:\n{p.log_text()[-3000:]}"
+    return p
 
 
 @pytest.fixture
@@ -108,19 +131,8 @@ def start_pipeline(
             "--flush-on-stop" if flush_on_stop else "--no-flush-on-stop",
             *extra,
         )  # fmt: skip
-        with log.open("wb") as out:
-            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-        p = PipelineProcess(proc, instance, log, watch, args)
+        p = launch(args, instance, log, watch)
         started.append(p)
-        ok = watch.wait_for(
-            lambda w: (
-                bool(w.latest("pipeline").get(instance, {}).get("subscribed_clients"))
-                or proc.poll() is not None
-            ),
-            START_TIMEOUT_S,
-        )
-        assert ok, f"pipeline did not start:\n{p.log_text()[-3000:]}"
-        assert proc.poll() is None, f"pipeline exited:\n{p.log_text()[-3000:]}"
         return p
 
     yield start
@@ -179,19 +191,8 @@ class SecurePipelines:
             "--flush-on-stop",
             *extra,
         )  # fmt: skip
-        with log.open("wb") as out:
-            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=self.env())
-        p = PipelineProcess(proc, instance, log, self.watch)
+        p = launch(args, instance, log, self.watch, self.env())
         self.started.append(p)
-        ok = self.watch.wait_for(
-            lambda w: (
-                bool(w.latest("pipeline").get(instance, {}).get("subscribed_clients"))
-                or proc.poll() is not None
-            ),
-            START_TIMEOUT_S,
-        )
-        assert ok, f"pipeline did not start:\n{p.log_text()[-3000:]}"
-        assert proc.poll() is None, f"pipeline exited:\n{p.log_text()[-3000:]}"
         return p
 
 

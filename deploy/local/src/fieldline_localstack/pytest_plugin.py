@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import atexit
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import pytest
@@ -18,6 +18,7 @@ from fieldline_localstack._process import Service
 from fieldline_localstack.influxdb import InfluxDB
 from fieldline_localstack.mosquitto import Mosquitto
 from fieldline_localstack.security import BrokerSecurity, generate_broker_security
+from fieldline_localstack.subscriber import Subscriber
 from fieldline_localstack.victoriametrics import VictoriaMetrics
 
 #: The site and devices that have broker users on `secure_mosquitto`; the
@@ -112,3 +113,18 @@ def secure_influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Influx
     yield from _run(
         InfluxDB(tmp_path_factory.mktemp("secure_influxdb"), auth_enabled=True, credentials=admin)
     )
+
+
+@pytest.fixture
+def subscribe() -> Iterator[Callable[[str, list[str]], Subscriber]]:
+    """Factory: ``subscribe(url, topics)`` -> a connected :class:`Subscriber`, closed after."""
+    subs: list[Subscriber] = []
+
+    def make(url: str, topics: list[str]) -> Subscriber:
+        sub = Subscriber(url, topics)
+        subs.append(sub)
+        return sub
+
+    yield make
+    for sub in subs:
+        sub.close()

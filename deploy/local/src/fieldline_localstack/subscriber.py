@@ -1,10 +1,9 @@
-"""Helpers for the agent's tests: an MQTT subscriber that records what it receives."""
+"""An MQTT subscriber that records what it receives, for tests of anything that publishes."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Callable, NamedTuple
 
 import paho.mqtt.client as mqtt
@@ -48,7 +47,7 @@ class Subscriber:
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         with self._cond:
-            self.messages.append(Received(msg.topic, msg.payload, bool(msg.retain)))
+            self.messages.append(Received(msg.topic, bytes(msg.payload), bool(msg.retain)))
             self._cond.notify_all()
 
     def wait_for(self, predicate: Callable[[list[Received]], bool]) -> list[Received]:
@@ -66,18 +65,3 @@ class Subscriber:
         self.client.disconnect()
         self.client.loop_stop()
         self.client.reinitialise()  # closes paho's socket pair now, not at gc time
-
-
-@pytest.fixture
-def subscribe() -> Iterator[Callable[[str, list[str]], Subscriber]]:
-    """Factory: ``subscribe(url, topics)`` -> a connected :class:`Subscriber`, closed after."""
-    subs: list[Subscriber] = []
-
-    def make(url: str, topics: list[str]) -> Subscriber:
-        sub = Subscriber(url, topics)
-        subs.append(sub)
-        return sub
-
-    yield make
-    for sub in subs:
-        sub.close()
