@@ -17,6 +17,9 @@ demo: setup  ## broker, InfluxDB, a simulated fleet and the pipeline, with a liv
 test: setup lint  ## the whole test suite against real Mosquitto and InfluxDB
 	$(UV) run --locked pytest
 
+bench: setup  ## benchmarks on loopback (< 15 min): bench/results/latest.json, see docs/performance.md
+	$(UV) run --locked python -m bench
+
 soak: setup  ## 30 minutes of steady load with random kills (FIELDLINE_SOAK_SECONDS to change)
 	$(UV) run --locked pytest -m soak tests/soak -s -p no:randomly --timeout 0
 

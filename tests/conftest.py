@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 from fieldline_edge.mqtt import parse_broker_url
 from fieldline_localstack.influxdb import InfluxDB
@@ -17,6 +18,7 @@ from fieldline_localstack.mosquitto import Mosquitto
 from fieldline_localstack.processes import fieldline_command as fieldline
 from fieldline_localstack.security import BrokerSecurity
 from fieldline_localstack.watch import MetricsWatcher
+from paho.mqtt.enums import CallbackAPIVersion
 
 START_TIMEOUT_S = 60.0
 
@@ -67,6 +69,24 @@ class PipelineProcess:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def forget_sessions(broker_url: str, client_id_prefix: str, processes: int = 4) -> None:
+    """Drop a finished pipeline's persistent sessions. Left behind, each would keep
+    receiving (and the broker queueing) every later test's telemetry."""
+    b = parse_broker_url(broker_url)
+    for i in range(processes):
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"{client_id_prefix}-{i}", clean_session=True
+        )
+        try:
+            client.connect(b.host, b.port, keepalive=10)  # CONNACK drops the session
+            client.loop(timeout=1.0)
+            client.disconnect()
+        except OSError:
+            pass  # that broker is gone, and its sessions with it
+        finally:
+            client.reinitialise()  # closes paho's socket pair now
 
 
 def launch(
@@ -140,6 +160,9 @@ def start_pipeline(
         if p.proc.poll() is None:
             p.proc.kill()
             p.proc.wait()
+        forget_sessions(
+            p.args[p.args.index("--broker") + 1], p.args[p.args.index("--client-id") + 1]
+        )
     for w in watchers.values():
         w.close()
 

@@ -85,6 +85,33 @@ def test_broker_restart_loses_nothing(
     assert stored == summary["published_readings"]
 
 
+def test_broker_restart_while_the_pipeline_is_down_loses_nothing(
+    fresh_mosquitto: Mosquitto, influxdb: InfluxDB, influx_db: str, start_pipeline: Any,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """The broker must restore the pipeline's session, subscription included, from
+    disk: what devices publish before the pipeline is back waits there for it."""
+    pipeline = start_pipeline(
+        "--window-s", "1", "--lateness-s", "1", "--idle-timeout-s", "120",
+        broker_url=fresh_mosquitto.url,
+    )  # fmt: skip
+    gt = tmp_path / "gt"
+    sim = run_sim(fresh_mosquitto.url, gt, 8)
+    time.sleep(2)
+    pipeline.kill()
+    fresh_mosquitto.restart()
+    time.sleep(3)  # devices publish into the restored session meanwhile
+    pipeline.restart()
+    summary = finish(sim)
+    assert summary["unacked_messages"] == 0
+    assert pipeline.watch.wait_for(
+        lambda _w: caught_up(pipeline, summary["published_messages"]), 120
+    ), (pipeline.metrics(), pipeline.log_text()[-3000:])
+    assert pipeline.stop() == 0, pipeline.log_text()[-3000:]
+    stored = assert_windows_match_ground_truth(influxdb, influx_db, gt, WINDOW_MS)
+    assert stored == summary["published_readings"]
+
+
 def start_broker_in(ns: Any, state: Path) -> subprocess.Popen[bytes]:
     """Mosquitto inside the namespace, listening on all of its addresses."""
     state.mkdir()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -29,8 +30,77 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+#: Flags the supervisor of ``--processes N`` sets itself for each child.
+_PER_PROCESS = ("processes", "process_id", "addresses", "instance")
+
+
+def parse_addresses(text: str, process_id: int) -> tuple[str, ...]:
+    """``host:port,host:port`` -> a tuple; checks the form and ``process_id``."""
+    addresses = tuple(a.strip() for a in text.split(",") if a.strip())
+    for a in addresses:
+        host, sep, port = a.rpartition(":")
+        if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"address {a!r} is not host:port")
+    if len(set(addresses)) != len(addresses):
+        raise ValueError("--addresses must not repeat an address")
+    if not process_id < len(addresses):
+        raise ValueError(f"--process-id {process_id} is not among the {len(addresses)} --addresses")
+    return addresses
+
+
+def child_command(
+    ctx: typer.Context, process_id: int, addresses: list[str], instance: str
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and extra environment of process ``process_id`` of ``--processes N``.
+
+    Flags given on the command line are passed on; those that have an environment
+    variable (the infrastructure and secrets) go through the environment, so no
+    password appears on a child's command line. The rest of the environment is
+    inherited.
+    """
+    args = [sys.executable, "-m", "fieldline_pipeline", "run"]
+    env: dict[str, str] = {}
+    for param in ctx.command.params:
+        name = param.name
+        source = ctx.get_parameter_source(name) if name is not None else None
+        opts: list[str] = getattr(param, "opts", [])
+        if name is None or name in _PER_PROCESS or not opts or source is None:
+            continue
+        if source.name != "COMMANDLINE":
+            continue  # defaults stay defaults; the environment is inherited
+        value = ctx.params[name]
+        if isinstance(value, Enum):
+            value = value.value
+        secondary: list[str] = getattr(param, "secondary_opts", [])
+        envvar = getattr(param, "envvar", None)
+        if getattr(param, "is_flag", False) and secondary:
+            args.append(opts[0] if value else secondary[0])
+        elif isinstance(envvar, str):
+            env[envvar] = str(value)
+        else:
+            args += [opts[0], str(value)]
+    args += [
+        "--process-id", str(process_id),
+        "--addresses", ",".join(addresses),
+        "--instance", instance,
+    ]  # fmt: skip
+    return args, env
+
+
+def _free_loopback_ports(n: int) -> list[int]:
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 @app.command("run")
 def run(
+    ctx: typer.Context,
     broker: Annotated[
         str,
         typer.Option(
@@ -92,7 +162,22 @@ def run(
     idle_timeout_s: Annotated[
         float, typer.Option(help="Close a silent device's windows after this long (system time).")
     ] = 30.0,
-    workers: Annotated[int, typer.Option(min=1, help="Bytewax worker threads.")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Bytewax worker threads per process.")] = 1,
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Bytewax processes on this host: this process starts and supervises them, "
+            "each with its own MQTT client and ingest log, sharing --state-dir.",
+        ),
+    ] = 1,
+    addresses: Annotated[
+        str | None,
+        typer.Option(
+            help="host:port of every process of a cluster across hosts, comma-separated, "
+            "the same list everywhere; run one process per host with its --process-id.",
+        ),
+    ] = None,
     instance: Annotated[
         str | None, typer.Option(help="Name in metrics; default <host>-<pid>.")
     ] = None,
@@ -106,7 +191,9 @@ def run(
             help="Ingest log and recovery snapshots; keep it across restarts.",
         ),
     ] = Path(".fieldline-state"),
-    process_id: Annotated[int, typer.Option(min=0, help="This process's index.")] = 0,
+    process_id: Annotated[
+        int, typer.Option(min=0, help="This process's index in --addresses (names its ingest log).")
+    ] = 0,
     flush_on_stop: Annotated[
         bool,
         typer.Option(
@@ -134,9 +221,26 @@ def run(
     from fieldline_pipeline.settings import PipelineSettings
     from fieldline_pipeline.windows import WindowConfig
 
+    cluster: tuple[str, ...] = ()
+    try:
+        if processes > 1 and addresses is not None:
+            raise ValueError(
+                "use --processes N on one host, or --addresses with --process-id per host"
+            )
+        if processes > 1 and process_id != 0:
+            raise ValueError("--process-id is set for each process by --processes itself")
+        if addresses is not None:
+            cluster = parse_addresses(addresses, process_id)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    # In a cluster every line says which process wrote it.
+    who = f"[p{process_id}] " if len(cluster) > 1 else ""
     logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=log_level.upper(), format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s"
     )
+    base_instance = instance or f"{socket.gethostname()}-{os.getpid()}"
+    # Each process of a cluster reports on its own topic; watchers sum them.
+    instance = f"{base_instance}-{process_id}" if len(cluster) > 1 else base_instance
     try:
         tls = None
         if ca_file or cert_file or key_file:
@@ -166,11 +270,31 @@ def run(
         influx=influx,
         windows=windows,
         workers=workers,
-        instance=instance or f"{socket.gethostname()}-{os.getpid()}",
+        instance=instance,
         state_dir=state_dir,
         process_id=process_id,
+        addresses=cluster if len(cluster) > 1 else (),
         max_future_ms=round(max_future_s * 1000),
         ingest_sync=ingest_sync.value,
         log_retention_s=log_retention_s,
     )
+    if processes > 1:  # the settings are valid: start the processes that use them
+        raise typer.Exit(_supervise(ctx, processes, workers, state_dir, base_instance))
     run_pipeline(settings)
+
+
+def _supervise(
+    ctx: typer.Context, processes: int, workers: int, state_dir: Path, instance: str
+) -> int:
+    """``--processes N``: N pipeline processes on loopback ports; the worst exit code."""
+    from fieldline_pipeline.runner import prepare_state_dir, supervise
+
+    # Before the children start, so that they all find the same recovery partitions.
+    prepare_state_dir(state_dir, partitions=processes * workers)
+    addresses = [f"127.0.0.1:{port}" for port in _free_loopback_ports(processes)]
+    commands, env = [], dict(os.environ)
+    for i in range(processes):
+        cmd, extra = child_command(ctx, i, addresses, instance)
+        commands.append(cmd)
+        env.update(extra)
+    return supervise(commands, env)

@@ -3,7 +3,15 @@
 Layout of ``state_dir``::
 
     ingest/ingest-<process>.sqlite   the ingest log (MQTTIntake writes, the dataflow reads)
-    recovery/part-*.sqlite           Bytewax recovery partitions (state and offsets)
+    recovery/part-*.sqlite3          Bytewax recovery partitions (state and offsets)
+
+Several processes (a Bytewax cluster, ``settings.addresses``): each has its own
+MQTT intake in the one shared subscription and its own ingest log, read only by
+its own workers; window state is keyed by device, so Bytewax routes each
+device to one worker of the cluster. Process 0 creates the recovery partitions;
+on one host the processes share the state dir (see :func:`supervise`, which
+runs and watches them), across hosts the others start with an empty
+``recovery/``: Bytewax uses the partitions wherever some process finds them.
 
 SIGTERM or SIGINT: the intake stops taking messages and commits and acknowledges
 what it has; the dataflow reads the log to its end and stops. Open windows are
@@ -14,10 +22,15 @@ nothing: the next start resumes from the last snapshot.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import signal
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
@@ -55,17 +68,20 @@ def install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, on_signal)
 
 
-#: Bytewax recovery partitions (state is spread over them by key).
+#: Bytewax recovery partitions (state is spread over them by key) of a single process.
 RECOVERY_PARTITIONS = 1
 
 
-def prepare_state_dir(state_dir: Path) -> tuple[Path, Path]:
-    """Create ``ingest/`` and ``recovery/`` (initialised on first use)."""
+def prepare_state_dir(
+    state_dir: Path, partitions: int = RECOVERY_PARTITIONS, init_recovery: bool = True
+) -> tuple[Path, Path]:
+    """Create ``ingest/`` and ``recovery/``; with ``init_recovery``, create
+    ``partitions`` recovery partitions if there are none yet (first use)."""
     ingest, recovery = state_dir / "ingest", state_dir / "recovery"
     ingest.mkdir(parents=True, exist_ok=True)
-    if not recovery.exists():
-        recovery.mkdir(parents=True)
-        init_db_dir(recovery, RECOVERY_PARTITIONS)  # type: ignore[no-untyped-call]
+    recovery.mkdir(parents=True, exist_ok=True)
+    if init_recovery and not any(recovery.glob("part-*")):
+        init_db_dir(recovery, partitions)  # type: ignore[no-untyped-call]
     return ingest, recovery
 
 
@@ -98,6 +114,8 @@ def _metrics_publisher(
         snap["sink_retries"] = sink_stats.retries
         snap["sink_errors"] = sink_stats.errors
         snap["workers"] = settings.workers
+        snap["process_id"] = settings.process_id
+        snap["processes"] = max(1, len(settings.addresses))
         if not snap.get("done"):
             client.publish(topic, orjson.dumps(snap), qos=0)
             return
@@ -116,7 +134,10 @@ def run_pipeline(settings: PipelineSettings) -> None:
     stop = settings.mqtt.stop
     install_signal_handlers(stop)
     log.info("starting pipeline: %r", settings)
-    ingest_dir, recovery_dir = prepare_state_dir(settings.state_dir)
+    # In a cluster, process 0 creates the recovery partitions (see module doc).
+    ingest_dir, recovery_dir = prepare_state_dir(
+        settings.state_dir, init_recovery=settings.process_id == 0 or not settings.addresses
+    )
     part = partition_name(settings.process_id)
     ingest_log = IngestLog(log_path(ingest_dir, part), sync=settings.ingest_sync)
     intake = MQTTIntake(
@@ -124,6 +145,7 @@ def run_pipeline(settings: PipelineSettings) -> None:
         TELEMETRY_SUBSCRIPTION,
         ingest_log,
         client_id=f"{settings.mqtt.client_id_prefix}-{settings.process_id}",
+        shared=bool(settings.addresses),
     )
     clock = IngestClock()
     source_stop = threading.Event()
@@ -165,6 +187,8 @@ def run_pipeline(settings: PipelineSettings) -> None:
         cli_main(  # type: ignore[no-untyped-call]
             flow,
             workers_per_process=settings.workers,
+            process_id=settings.process_id if settings.addresses else None,
+            addresses=list(settings.addresses) or None,
             epoch_interval=timedelta(seconds=settings.epoch_interval_s),
             recovery_config=RecoveryConfig(recovery_dir),  # type: ignore[no-untyped-call]
         )
@@ -176,3 +200,89 @@ def run_pipeline(settings: PipelineSettings) -> None:
         client.disconnect()
         client.loop_stop()
         log.info("pipeline stopped: %s", METRICS.snapshot())
+
+
+#: How long stopping children get after the first of them failed, before SIGKILL.
+CHILD_STOP_TIMEOUT_S = 60.0
+#: How often the supervisor looks at its children.
+SUPERVISE_POLL_S = 0.2
+_PR_SET_PDEATHSIG = 1
+
+
+def _exit_code(returncode: int) -> int:
+    """A child's exit status as a shell reports it (killed by signal N: 128 + N)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel send SIGTERM to the child when the
+    supervisor dies (Linux), so a killed supervisor leaves no orphans behind."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return preexec
+
+
+def supervise(commands: Sequence[Sequence[str]], env: Mapping[str, str]) -> int:
+    """Run one pipeline process per command and wait for all; return the worst exit code.
+
+    SIGTERM and SIGINT are forwarded to every child (each drains and stops as a
+    single pipeline does; a second SIGINT aborts them). The children run in
+    their own session, so a Ctrl-C on the terminal reaches them only once,
+    through here. A Bytewax cluster cannot go on without one of its processes:
+    when a child fails, the others are asked to stop (SIGTERM), and killed if
+    they have not stopped after :data:`CHILD_STOP_TIMEOUT_S`.
+    """
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s received: forwarding to %d processes", signal.Signals(signum).name, len(procs))
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        preexec = _die_with_parent()
+        for cmd in commands:
+            procs.append(
+                subprocess.Popen(
+                    list(cmd), env=dict(env), start_new_session=True, preexec_fn=preexec
+                )
+            )
+        log.info("started %d pipeline processes: pids %s", len(procs), [p.pid for p in procs])
+        kill_at: float | None = None
+        while any(p.poll() is None for p in procs):
+            failed = [i for i, p in enumerate(procs) if p.returncode not in (None, 0)]
+            if failed and kill_at is None:
+                log.error(
+                    "pipeline process %d exited with %d: stopping the others",
+                    failed[0],
+                    _exit_code(procs[failed[0]].returncode),
+                )
+                kill_at = time.monotonic() + CHILD_STOP_TIMEOUT_S
+                for p in procs:
+                    if p.poll() is None:
+                        p.terminate()
+            elif kill_at is not None and time.monotonic() > kill_at:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+            time.sleep(SUPERVISE_POLL_S)
+    finally:
+        for p in procs:
+            if p.poll() is None:  # only after an exception here: never leave orphans
+                p.kill()
+                p.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    codes = [_exit_code(p.returncode) for p in procs]
+    log.info("pipeline processes exited with %s", codes)
+    return max(codes, default=0)

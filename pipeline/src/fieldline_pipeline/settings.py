@@ -29,6 +29,9 @@ class PipelineSettings:
     state_dir: Path = Path(".fieldline-state")
     #: This process's index among ``processes`` (names its ingest log).
     process_id: int = 0
+    #: ``host:port`` of every process of a Bytewax cluster, this one included, in
+    #: process-id order; empty for a single process.
+    addresses: tuple[str, ...] = ()
     #: Readings stamped further ahead of the receive time are dead-lettered.
     max_future_ms: int = 5 * 60 * 1000
     #: "full": fsync every ingest commit (survives power loss); "normal": crash-safe only.

@@ -1,10 +1,13 @@
 """The MQTT intake: broker → ingest log, acknowledging only what is on disk.
 
-Unit of parallelism: one intake per pipeline process, i.e. one MQTT client in the
-shared subscription ``$share/<group>/<filter>`` (MQTT 5 §4.8.2; Mosquitto offers it
-to 3.1.1 clients too), with a fixed client id and a persistent session, so the
-broker splits the load between processes and keeps QoS 1 messages for a process
-that is away.
+Unit of parallelism: one intake per pipeline process, with a fixed client id and
+a persistent session, so the broker keeps QoS 1 messages for a process that is
+away. The processes of a Bytewax cluster share the subscription
+``$share/<group>/<filter>`` (MQTT 5 §4.8.2; Mosquitto offers it to 3.1.1 clients
+too), so the broker splits the load between them. A single process subscribes to
+the plain filter instead: Mosquitto 2.0 does not restore a persistent session's
+*shared* subscriptions after a broker restart, so messages published between the
+restart and the client's return would reach no one; plain ones it restores.
 
 Delivery guarantee: a message is acknowledged (PUBACK, MQTT 3.1.1 §4.3.2) only
 after the transaction that appended it to the ingest log has committed. A crash
@@ -45,10 +48,15 @@ class MQTTIntake:
         topic_filter: str,
         ingest_log: IngestLog,
         client_id: str,
+        shared: bool = True,
     ) -> None:
         self._settings = settings
         self._log = ingest_log
-        self._subscription = f"$share/{settings.group}/{topic_filter}"
+        shared_filter = f"$share/{settings.group}/{topic_filter}"
+        self._subscription = shared_filter if shared else topic_filter
+        # The other form may be left in the session by an earlier deployment
+        # (one process before, a cluster now, or the reverse): drop it.
+        self._stale_subscription = topic_filter if shared else shared_filter
         self._cond = threading.Condition()
         self._pending: list[tuple[int, int, str, bytes, int]] = []
         self._stopping = False
@@ -78,6 +86,7 @@ class MQTTIntake:
             log.error("MQTT connect refused: %s", reason)
             return
         # Resubscribe after every reconnect: the broker may have lost the session.
+        client.unsubscribe(self._stale_subscription)
         result, _mid = client.subscribe(self._subscription, qos=self._settings.qos)
         if result != mqtt.MQTT_ERR_SUCCESS:
             log.error("subscribe to %s failed: %s", self._subscription, mqtt.error_string(result))

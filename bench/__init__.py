@@ -1,0 +1,1 @@
+"""Fieldline's benchmark suite (``make bench``); see docs/performance.md."""
