@@ -7,7 +7,6 @@ import gzip
 import http.client
 import os
 import platform
-import signal
 import subprocess
 import threading
 import time
@@ -21,7 +20,7 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 from fieldline_localstack.influxdb import InfluxDB
-from fieldline_localstack.processes import fieldline_command
+from fieldline_localstack.processes import fieldline_command, terminate
 from paho.mqtt.enums import CallbackAPIVersion
 
 METRICS_FILTER = "fieldline/_metrics/#"
@@ -174,14 +173,8 @@ class Pipeline:
                 self.peak_rss_mb[pid] = max(rss, self.peak_rss_mb.get(pid, 0.0))
 
     def stop(self, timeout_s: float = 180) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return -9
+        code = terminate(self.proc, timeout_s)
+        return -9 if code is None else code
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from fieldline_edge.mqtt import parse_broker_url
 from fieldline_localstack.influxdb import InfluxDB
 from fieldline_localstack.mosquitto import Mosquitto
 from fieldline_localstack.processes import fieldline_command as fieldline
+from fieldline_localstack.processes import terminate
 from fieldline_localstack.security import BrokerSecurity
 from fieldline_localstack.watch import MetricsWatcher
 from paho.mqtt.enums import CallbackAPIVersion
@@ -56,16 +56,9 @@ class PipelineProcess:
 
     def stop(self, timeout_s: float = 60.0) -> int:
         """SIGTERM (drain, flush windows, exit) and return the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(
-                f"pipeline did not stop; log:\n{self.log.read_text()[-3000:]}"
-            ) from None
+        code = terminate(self.proc, timeout_s)
+        assert code is not None, f"pipeline did not stop; log:\n{self.log.read_text()[-3000:]}"
+        return code
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")

@@ -22,6 +22,7 @@ from fieldline_edge.mqtt import parse_broker_url
 from fieldline_localstack.influxdb import InfluxDB
 from fieldline_localstack.mosquitto import Mosquitto
 from fieldline_localstack.processes import fieldline_command as fieldline
+from fieldline_localstack.processes import terminate
 from fieldline_localstack.watch import MetricsWatcher
 from groundtruth_check import assert_windows_match_ground_truth, stored_windows
 
@@ -70,14 +71,9 @@ class Cluster:
         return [int(pid) for pid in path.read_text().split()]
 
     def stop(self, timeout_s: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"cluster did not stop:\n{self.log_text()[-3000:]}") from None
+        code = terminate(self.proc, timeout_s)
+        assert code is not None, f"cluster did not stop:\n{self.log_text()[-3000:]}"
+        return code
 
 
 @pytest.fixture

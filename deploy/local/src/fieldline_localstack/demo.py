@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -27,7 +26,7 @@ from rich.live import Live
 from rich.table import Table
 
 from fieldline_localstack._process import ServiceError
-from fieldline_localstack.processes import fieldline_command
+from fieldline_localstack.processes import fieldline_command, terminate
 from fieldline_localstack.stack import LocalStack
 from fieldline_localstack.watch import MetricsWatcher
 
@@ -57,14 +56,8 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    if proc is not None:
+        terminate(proc, timeout_s)
 
 
 def _view(watch: MetricsWatcher, started: float, stack: LocalStack, state: str) -> Table:
