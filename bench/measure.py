@@ -129,6 +129,10 @@ class MetricsSeries:
         self._client.loop_stop()
 
 
+#: Shortest span of metrics reports that a rate is computed over.
+MIN_SPAN_MS = 3_000
+
+
 def rate(
     reports: list[dict[str, Any]], key: str, target: int, released_ms: float
 ) -> tuple[float, float, float]:
@@ -136,8 +140,10 @@ def rate(
     to the first that reaches ``target``: (per second, start ts, end ts), ms clocks.
 
     Reports of several processes are merged by their own timestamps (the sum of
-    each process's latest report at every report). A run shorter than the report
-    interval is timed from ``released_ms``, when the publishers started.
+    each process's latest report at every report). A span of reports shorter than
+    :data:`MIN_SPAN_MS` says little about a rate (reports come once a second, and
+    several processes' reports interleave), so such a run is timed from
+    ``released_ms``, when the publishers started: slower, never inflated.
     """
     latest: dict[str, int] = {}
     start: tuple[int, int] | None = None
@@ -152,9 +158,10 @@ def rate(
             break
     if start is None or end is None:
         return 0.0, 0.0, 0.0
-    if end[0] <= start[0]:
+    if end[0] - start[0] < MIN_SPAN_MS:
         start = (int(released_ms), 0)
-    return (end[1] - start[1]) * 1000.0 / (end[0] - start[0]), start[0], end[0]
+    span_ms = max(end[0] - start[0], 1)  # released_ms comes from another clock read
+    return (end[1] - start[1]) * 1000.0 / span_ms, start[0], end[0]
 
 
 @dataclass
