@@ -23,6 +23,7 @@ from fieldline_localstack.influxdb import InfluxDB
 from fieldline_localstack.mosquitto import Mosquitto
 from fieldline_localstack.processes import fieldline_command as fieldline
 from fieldline_localstack.processes import terminate
+from fieldline_localstack.pytest_plugin import fresh_database
 from fieldline_localstack.watch import MetricsWatcher
 from groundtruth_check import assert_windows_match_ground_truth, stored_windows
 
@@ -113,12 +114,7 @@ def start_cluster(mosquitto: Mosquitto, influxdb: InfluxDB, tmp_path: Path) -> I
 
 @pytest.fixture
 def second_db(influxdb: InfluxDB) -> Iterator[str]:
-    name = f"t_{secrets.token_hex(6)}"
-    influxdb.create_database(name)
-    try:
-        yield name
-    finally:
-        influxdb.drop_database(name)
+    yield from fresh_database(influxdb)
 
 
 def test_two_processes_write_the_same_windows_as_one(

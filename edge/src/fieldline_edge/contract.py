@@ -293,19 +293,26 @@ def _is_int(v: object) -> bool:
     return type(v) is int  # bool is a subclass of int; it is not a number here
 
 
-def decode_telemetry(topic: str, payload: bytes) -> Telemetry:
-    """Decode and validate one telemetry message; raise :class:`ContractError`."""
+def decode_telemetry(topic: str, payload: bytes, latest_ts_ms: Optional[int] = None) -> Telemetry:
+    """Decode and validate one telemetry message; raise :class:`ContractError`.
+
+    With ``latest_ts_ms``, a message that is otherwise valid but has a reading
+    stamped after it fails with reason ``future_timestamp`` (a consumer's bound
+    on device clocks that run ahead; the contract itself only bounds to 2100).
+    """
     site, device, kind = parse_device_topic(topic)
     if kind != "telemetry":
         raise ContractError("bad_topic", f"not a telemetry topic: {topic!r}")
     obj = _load_object(payload)
     schema = obj.get("schema")
     if schema == SCHEMA_TELEMETRY_V1:
-        return _telemetry_v1(site, device, obj)
+        return _telemetry_v1(site, device, obj, latest_ts_ms)
     raise ContractError("unknown_schema", f"schema {_show(schema)} is not one this decoder knows")
 
 
-def _telemetry_v1(site: str, device: str, obj: dict[str, Any]) -> Telemetry:
+def _telemetry_v1(
+    site: str, device: str, obj: dict[str, Any], latest_ts_ms: Optional[int]
+) -> Telemetry:
     body_device = _field(obj, "device")
     if body_device != device:
         raise ContractError(
@@ -324,6 +331,7 @@ def _telemetry_v1(site: str, device: str, obj: dict[str, Any]) -> Telemetry:
     readings: list[Reading] = []
     append = readings.append
     isfinite = math.isfinite
+    newest = MIN_TIMESTAMP_MS
     for i, r in enumerate(raw):
         if not isinstance(r, dict):
             raise ContractError("wrong_type", f"readings[{i}] is not an object")
@@ -342,6 +350,8 @@ def _telemetry_v1(site: str, device: str, obj: dict[str, Any]) -> Telemetry:
             raise ContractError("wrong_type", f"readings[{i}].ts must be integer milliseconds")
         if not MIN_TIMESTAMP_MS <= ts < MAX_TIMESTAMP_MS:
             raise ContractError("bad_timestamp", f"readings[{i}].ts {ts} is outside 2000..2100")
+        if ts > newest:
+            newest = ts
         vt = type(value)
         if vt is int:
             try:
@@ -360,6 +370,12 @@ def _telemetry_v1(site: str, device: str, obj: dict[str, Any]) -> Telemetry:
                 "characters without a backslash",
             )
         append(Reading(sensor, ts, value, unit))
+    if latest_ts_ms is not None and newest > latest_ts_ms:
+        raise ContractError(
+            "future_timestamp",
+            f"a reading is stamped {(newest - latest_ts_ms) / 1000:.0f} s after the "
+            "latest time accepted",
+        )
     return Telemetry(site, device, seq, readings)
 
 

@@ -67,15 +67,24 @@ def victoriametrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Victor
     yield from _run(VictoriaMetrics(tmp_path_factory.mktemp("victoriametrics")))
 
 
-@pytest.fixture
-def influx_db(influxdb: InfluxDB) -> Iterator[str]:
-    """Name of a fresh, empty database on `influxdb`, dropped after the test."""
+def fresh_database(influxdb: InfluxDB) -> Iterator[str]:
+    """Create a database with a fresh name, yield its name, drop it afterwards.
+
+    For tests that need more than the one `influx_db`: ``yield from``
+    it in a fixture of their own.
+    """
     name = f"t_{secrets.token_hex(6)}"
     influxdb.create_database(name)
     try:
         yield name
     finally:
         influxdb.drop_database(name)
+
+
+@pytest.fixture
+def influx_db(influxdb: InfluxDB) -> Iterator[str]:
+    """Name of a fresh, empty database on `influxdb`, dropped after the test."""
+    yield from fresh_database(influxdb)
 
 
 @pytest.fixture
