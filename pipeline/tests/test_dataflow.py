@@ -8,8 +8,11 @@ import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 from fieldline_edge.contract import (
     Reading,
+    Status,
     decode_dead_letter,
+    encode_status,
     encode_telemetry,
+    status_topic,
     telemetry_topic,
 )
 from fieldline_pipeline.clock import IngestClock
@@ -188,3 +191,26 @@ def test_a_window_that_cannot_be_written_costs_that_window_not_the_pipeline(
     lines, _, metrics = run(msgs, cfg)
     assert [parse_line(line)[0]["device"] for line in lines] == ["d2"]
     assert metrics.snapshot()["unwritable_windows"] == 1
+
+
+def test_status_messages_become_device_status_points_and_bad_ones_dead_letters() -> None:
+    cfg = WindowConfig(width_ms=1_000, lateness_ms=0)
+    online = encode_status(Status("d1", "online", T0, "fieldline-edge 0.2", {"t": "ok", "h": "x"}))
+    offline = encode_status(Status("d2", "offline", T0 + 5, ""))
+    msgs = [
+        MqttMessage(status_topic("lab", "d1"), online, RECEIVED),
+        MqttMessage(status_topic("lab", "d2"), offline, RECEIVED),
+        MqttMessage(status_topic("lab", "d3"), b'{"schema":"fieldline.status/1"}', RECEIVED),
+        MqttMessage(status_topic("lab", "d4"), b"", RECEIVED),  # a retained status cleared
+        telemetry("d1", 0, [("t", T0, 4.0)]),
+    ]
+    lines, dead, _ = run(msgs, cfg)
+    status = sorted(line for line in lines if line.startswith("device_status,"))
+    assert status == [
+        'device_status,device=d1,site=lab state="online",online=1i,'
+        f'agent="fieldline-edge 0.2",sensors_error=1i {T0}',
+        f'device_status,device=d2,site=lab state="offline",online=0i,agent="",sensors_error=0i '
+        f"{T0 + 5}",
+    ]
+    assert len([line for line in lines if line.startswith("reading_window,")]) == 1
+    assert [t for t, _ in dead] == ["fieldline/deadletter/missing_field"]

@@ -50,6 +50,9 @@ SCHEMA_DEAD_LETTER_V1 = "fieldline.deadletter/1"
 TOPIC_ROOT = "fieldline"
 #: What the pipeline subscribes to (inside a shared subscription).
 TELEMETRY_SUBSCRIPTION = TOPIC_ROOT + "/+/+/telemetry"
+#: Device status (retained, last will ``offline``), which the pipeline stores as
+#: ``device_status``.
+STATUS_SUBSCRIPTION = TOPIC_ROOT + "/+/+/status"
 #: Dead letters go to ``fieldline/deadletter/<reason>``; three levels, so no
 #: ``fieldline/+/+/...`` subscription of a device-facing service sees them.
 DEAD_LETTER_TOPIC_PREFIX = TOPIC_ROOT + "/deadletter"

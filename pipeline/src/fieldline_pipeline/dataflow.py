@@ -25,8 +25,10 @@ from fieldline_edge.contract import (
     TELEMETRY_SUBSCRIPTION,
     ContractError,
     DeadLetter,
+    Status,
     Telemetry,
     dead_letter_topic,
+    decode_status,
     decode_telemetry,
     encode_dead_letter,
 )
@@ -42,6 +44,7 @@ __all__ = ["TELEMETRY_SUBSCRIPTION", "build_dataflow", "decode_message", "window
 log = logging.getLogger(__name__)
 
 WINDOW_MEASUREMENT = "reading_window"
+STATUS_MEASUREMENT = "device_status"
 #: Readings stamped further ahead of the pipeline's receive time than this come
 #: from a device whose clock is wrong; they would hold windows open and are
 #: dead-lettered (reason ``future_timestamp``) instead.
@@ -55,17 +58,32 @@ class Accepted(NamedTuple):
     received_ms: int
 
 
+class StatusUpdate(NamedTuple):
+    """A device's status message, stored as a ``device_status`` point."""
+
+    site: str
+    status: Status
+
+
 def decode_message(
     msg: MqttMessage,
     metrics: PipelineMetrics = METRICS,
     max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
-) -> Accepted | DeadLetter:
+) -> Accepted | StatusUpdate | DeadLetter | None:
     """Decode one message, or turn it into a dead letter with the reason. Never raises.
+
+    ``None`` is an empty status message: how a retained status is cleared
+    (MQTT 3.1.1 §3.3.1.3), not an event.
 
     The future check compares with the message's receive time, not with the time
     of processing, so a replay decides exactly as the first run did.
     """
     try:
+        if msg.topic.endswith("/status"):
+            if not msg.payload:
+                return None
+            status = decode_status(msg.topic, msg.payload)
+            return StatusUpdate(msg.topic.split("/", 2)[1], status)
         tel = decode_telemetry(msg.topic, msg.payload, msg.received_ms + max_future_ms)
     except ContractError as exc:
         metrics.on_dead_letter(exc.reason)
@@ -78,6 +96,23 @@ def decode_message(
         )  # fmt: skip
     metrics.on_message()
     return Accepted(tel, msg.received_ms)
+
+
+def status_line(u: StatusUpdate) -> str:
+    """A status message as an InfluxDB point; identity = site, device and status time."""
+    st = u.status
+    failing = sum(1 for v in (st.sensors or {}).values() if str(v) != "ok")
+    return format_line(
+        STATUS_MEASUREMENT,
+        {"site": u.site, "device": st.device},
+        {
+            "state": st.state,
+            "online": 1 if st.state == "online" else 0,
+            "agent": st.agent,
+            "sensors_error": failing,
+        },
+        st.ts,
+    )
 
 
 def window_line(w: WindowResult) -> str:
@@ -149,6 +184,18 @@ class _WindowLogic(StatefulBatchLogic[Accepted, WindowResult, dict[str, Any]]):
         return self._w.snapshot()
 
 
+def _status_line_or_none(metrics: PipelineMetrics) -> Any:
+    def to_line(u: StatusUpdate) -> str | None:
+        try:
+            return status_line(u)
+        except ValueError:
+            log.exception("status cannot be written as line protocol: %r", u)
+            metrics.on_unwritable_window()
+            return None
+
+    return to_line
+
+
 def build_dataflow(
     source: Source[MqttMessage],
     windows_sink: Sink[str],
@@ -169,12 +216,14 @@ def build_dataflow(
     decoded = op.map("decode", msgs, lambda m: decode_message(m, metrics, max_future_ms))
     split = op.branch("valid", decoded, lambda x: isinstance(x, Accepted))
     valid: Any = split.trues
-    invalid: Any = split.falses
+    others = op.branch("status", split.falses, lambda x: isinstance(x, StatusUpdate))
+    statuses: Any = others.trues
+    invalid: Any = others.falses
 
-    dead = op.map(
+    dead = op.filter_map(
         "dead_letter_encode",
         invalid,
-        lambda d: (dead_letter_topic(d.reason), encode_dead_letter(d)),
+        lambda d: None if d is None else (dead_letter_topic(d.reason), encode_dead_letter(d)),
     )
     op.output("dead_letters_out", dead, dead_letter_sink)
 
@@ -198,5 +247,6 @@ def build_dataflow(
             return None
 
     lines = op.filter_map("window_line", windows, to_line)
-    op.output("influx_out", lines, windows_sink)
+    status_lines = op.filter_map("status_line", statuses, _status_line_or_none(metrics))
+    op.output("influx_out", op.merge("influx_lines", lines, status_lines), windows_sink)
     return flow

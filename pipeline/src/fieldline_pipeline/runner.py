@@ -40,7 +40,7 @@ import orjson
 import paho.mqtt.client as mqtt
 from bytewax._bytewax import cli_main
 from bytewax.recovery import RecoveryConfig, init_db_dir
-from fieldline_edge.contract import TELEMETRY_SUBSCRIPTION
+from fieldline_edge.contract import STATUS_SUBSCRIPTION, TELEMETRY_SUBSCRIPTION
 from fieldline_edge.mqtt import configure_client
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -142,7 +142,7 @@ def run_pipeline(settings: PipelineSettings) -> None:
     ingest_log = IngestLog(log_path(ingest_dir, part), sync=settings.ingest_sync)
     intake = MQTTIntake(
         settings.mqtt,
-        TELEMETRY_SUBSCRIPTION,
+        [TELEMETRY_SUBSCRIPTION, STATUS_SUBSCRIPTION],
         ingest_log,
         client_id=f"{settings.mqtt.client_id_prefix}-{settings.process_id}",
         shared=bool(settings.addresses),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -45,18 +46,19 @@ class MQTTIntake:
     def __init__(
         self,
         settings: MQTTSettings,
-        topic_filter: str,
+        topic_filters: str | Sequence[str],
         ingest_log: IngestLog,
         client_id: str,
         shared: bool = True,
     ) -> None:
         self._settings = settings
         self._log = ingest_log
-        shared_filter = f"$share/{settings.group}/{topic_filter}"
-        self._subscription = shared_filter if shared else topic_filter
+        filters = [topic_filters] if isinstance(topic_filters, str) else list(topic_filters)
+        shared_filters = [f"$share/{settings.group}/{f}" for f in filters]
+        self._subscriptions = shared_filters if shared else filters
         # The other form may be left in the session by an earlier deployment
         # (one process before, a cluster now, or the reverse): drop it.
-        self._stale_subscription = topic_filter if shared else shared_filter
+        self._stale_subscriptions = filters if shared else shared_filters
         self._cond = threading.Condition()
         self._pending: list[tuple[int, int, str, bytes, int]] = []
         self._stopping = False
@@ -86,18 +88,19 @@ class MQTTIntake:
             log.error("MQTT connect refused: %s", reason)
             return
         # Resubscribe after every reconnect: the broker may have lost the session.
-        client.unsubscribe(self._stale_subscription)
-        result, _mid = client.subscribe(self._subscription, qos=self._settings.qos)
+        client.unsubscribe(self._stale_subscriptions)
+        qos = self._settings.qos
+        result, _mid = client.subscribe([(f, qos) for f in self._subscriptions])
         if result != mqtt.MQTT_ERR_SUCCESS:
-            log.error("subscribe to %s failed: %s", self._subscription, mqtt.error_string(result))
+            log.error("subscribe to %s failed: %s", self._subscriptions, mqtt.error_string(result))
 
     def _on_subscribe(
         self, _client: mqtt.Client, _ud: Any, _mid: int, reasons: list[Any], _props: Any
     ) -> None:
         if any(r.is_failure for r in reasons):
-            log.error("broker refused subscription %s: %s", self._subscription, reasons)
+            log.error("broker refused subscription %s: %s", self._subscriptions, reasons)
             return
-        log.info("MQTT subscribed to %s", self._subscription)
+        log.info("MQTT subscribed to %s", ", ".join(self._subscriptions))
         self.subscribed.set()
 
     def _on_disconnect(
