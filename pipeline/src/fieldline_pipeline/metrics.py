@@ -91,6 +91,16 @@ class PipelineMetrics:
 METRICS = PipelineMetrics()
 
 
+#: Snapshot keys set by the runner, and their field names in ``pipeline``:
+#: InfluxDB chunks given up on and retried, and 1/0 while the MQTT intake is
+#: (not) subscribed.
+_RUNNER_FIELDS = (
+    ("sink_errors", "sink_errors"),
+    ("sink_retries", "sink_retries"),
+    ("subscribed_clients", "mqtt_connected"),
+)
+
+
 def metrics_lines(snap: dict[str, Any], instance: str) -> list[str]:
     """Line protocol for one snapshot (time = snapshot time, ms)."""
     fields: dict[str, float | int] = {
@@ -99,6 +109,12 @@ def metrics_lines(snap: dict[str, Any], instance: str) -> list[str]:
     }
     if snap["lag_ms"] is not None:
         fields["lag_ms"] = snap["lag_ms"]
+    # Added to the snapshot by the runner's publisher (it owns the sink and the
+    # MQTT intake), which runs before the write: the Pipeline health dashboard
+    # and the alert rules read them.
+    for key, name in _RUNNER_FIELDS:
+        if isinstance(snap.get(key), int):
+            fields[name] = int(snap[key])
     lines = [format_line("pipeline", {"instance": instance}, fields, snap["ts"])]
     for reason, count in sorted(snap["dead_letters_by_reason"].items()):
         lines.append(
