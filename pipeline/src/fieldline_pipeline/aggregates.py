@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from operator import mul
 
 
 class Agg:
@@ -31,6 +32,33 @@ class Agg:
         self.first = value
         self.last_ts = ts
         self.last = value
+
+    @classmethod
+    def of(cls, ts: list[int], values: list[float]) -> Agg:
+        """The aggregate of readings in arrival order, computed with builtins.
+
+        Two passes (mean, then squared deviations) keep the variance exact to
+        rounding, like Welford's update, at C speed for a whole message.
+        """
+        n = len(values)
+        if n == 1:
+            return cls(ts[0], values[0])
+        agg = cls.__new__(cls)
+        total = sum(values)
+        mean = total / n
+        d = [v - mean for v in values]
+        agg.count = n
+        agg.total = total
+        agg.m2 = sum(map(mul, d, d))
+        agg.min = min(values)
+        agg.max = max(values)
+        lo = min(ts)
+        hi = max(ts)
+        agg.first_ts = lo
+        agg.first = values[ts.index(lo)]  # the earliest arrival among equal times
+        agg.last_ts = hi
+        agg.last = values[n - 1 - ts[::-1].index(hi)]  # the latest arrival
+        return agg
 
     def add(self, ts: int, value: float) -> None:
         """Add one reading (Welford's update)."""

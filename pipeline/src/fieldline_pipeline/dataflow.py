@@ -26,15 +26,14 @@ from fieldline_edge.contract import (
     ContractError,
     DeadLetter,
     Status,
-    Telemetry,
     dead_letter_topic,
     decode_status,
-    decode_telemetry,
     encode_dead_letter,
 )
 
 from fieldline_pipeline.clock import IngestClock, WallClock
 from fieldline_pipeline.connectors.mqtt import MqttMessage
+from fieldline_pipeline.decode import Columns, decode_columns
 from fieldline_pipeline.lineprotocol import format_line
 from fieldline_pipeline.metrics import METRICS, PipelineMetrics
 from fieldline_pipeline.windows import DeviceWindows, WindowConfig, WindowResult
@@ -52,9 +51,9 @@ DEFAULT_MAX_FUTURE_MS = 5 * 60 * 1000
 
 
 class Accepted(NamedTuple):
-    """A valid message and when the pipeline's intake received it."""
+    """A valid message, as per-sensor columns, and when the intake received it."""
 
-    tel: Telemetry
+    msg: Columns
     received_ms: int
 
 
@@ -84,7 +83,7 @@ def decode_message(
                 return None
             status = decode_status(msg.topic, msg.payload)
             return StatusUpdate(msg.topic.split("/", 2)[1], status)
-        tel = decode_telemetry(msg.topic, msg.payload, msg.received_ms + max_future_ms)
+        cols = decode_columns(msg.topic, msg.payload, msg.received_ms + max_future_ms)
     except ContractError as exc:
         metrics.on_dead_letter(exc.reason)
         return DeadLetter(exc.reason, exc.detail, msg.topic, msg.payload, msg.received_ms)
@@ -95,7 +94,7 @@ def decode_message(
             msg.received_ms,
         )  # fmt: skip
     metrics.on_message()
-    return Accepted(tel, msg.received_ms)
+    return Accepted(cols, msg.received_ms)
 
 
 def status_line(u: StatusUpdate) -> str:
@@ -145,12 +144,12 @@ class _WindowLogic(StatefulBatchLogic[Accepted, WindowResult, dict[str, Any]]):
         w = self._w
         out: list[WindowResult] = []
         readings = late_total = duplicates = 0
-        for tel, received_ms in values:
-            if w.is_duplicate(tel.seq):
+        for cols, received_ms in values:
+            if w.is_duplicate(cols.seq):
                 duplicates += 1
                 continue
-            readings += len(tel.readings)
-            closed, late = w.add(tel, received_ms)
+            readings += cols.count
+            closed, late = w.add_columns(cols, received_ms)
             out.extend(closed)
             for lr in late:
                 late_total += lr.count
@@ -227,7 +226,7 @@ def build_dataflow(
     )
     op.output("dead_letters_out", dead, dead_letter_sink)
 
-    keyed = op.key_on("by_device", valid, lambda a: f"{a.tel.site}/{a.tel.device}")
+    keyed = op.key_on("by_device", valid, lambda a: f"{a.msg.site}/{a.msg.device}")
 
     def builder(resume: dict[str, Any] | None) -> _WindowLogic:
         w = DeviceWindows(config) if resume is None else DeviceWindows.restore(resume, config)

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 from fieldline_edge.contract import Telemetry
 
 from fieldline_pipeline.aggregates import Agg
+from fieldline_pipeline.decode import Columns, Series, columns_of
 
 #: How many recent sequence numbers per device are remembered for deduplication.
 SEQ_WINDOW = 4096
@@ -101,6 +102,33 @@ class _Open:
         self.unit = unit
 
 
+def _partials(series: Series, width: int) -> list[tuple[int, Agg, str]]:
+    """``(window start, aggregate, unit of its first reading)`` per window touched."""
+    ts, values, units = series.ts, series.values, series.units
+    lo, hi = min(ts), max(ts)
+    start = lo - lo % width
+    if hi < start + width:  # the usual case: the whole message in one window
+        return [(start, Agg.of(ts, values), units if isinstance(units, str) else units[0])]
+    groups: dict[int, list[int]] = {}
+    for i, t in enumerate(ts):
+        s = t - t % width
+        g = groups.get(s)
+        if g is None:
+            groups[s] = [i]
+        else:
+            g.append(i)
+    out: list[tuple[int, Agg, str]] = []
+    for s, ix in groups.items():
+        out.append(
+            (
+                s,
+                Agg.of([ts[i] for i in ix], [values[i] for i in ix]),
+                units if isinstance(units, str) else units[ix[0]],
+            )
+        )
+    return out
+
+
 class DeviceWindows:
     """Open windows of one device; feed it messages, collect closed windows."""
 
@@ -143,32 +171,43 @@ class DeviceWindows:
     def add(
         self, msg: Telemetry, received_ms: int
     ) -> tuple[list[WindowResult], list[LateReadings]]:
+        """:meth:`add_columns` for a message the contract's decoder returned."""
+        return self.add_columns(columns_of(msg), received_ms)
+
+    def add_columns(
+        self, msg: Columns, received_ms: int
+    ) -> tuple[list[WindowResult], list[LateReadings]]:
         """Add one message's readings; return the windows it closed and the late counts.
 
-        ``received_ms`` is when the pipeline's intake received the message. The
-        caller checks :meth:`is_duplicate` first.
+        Each sensor's readings are aggregated per window first (one partial
+        aggregate per message and window, at C speed), then merged into the open
+        window. ``received_ms`` is when the pipeline's intake received the
+        message. The caller checks :meth:`is_duplicate` first.
         """
         self.site, self.device = msg.site, msg.device
         width = self.config.width_ms
+        # Windows are closed whole: ``closed_until`` is always a window boundary,
+        # so a reading is late exactly when its window starts before it.
         closed_until = self.closed_until
         late: dict[str, int] = {}
         open_ = self.open
         max_ts = self.max_ts
-        for sensor, ts, value, unit in msg.readings:
-            if ts < closed_until:
-                late[sensor] = late.get(sensor, 0) + 1
-                continue
-            if ts > max_ts:
-                max_ts = ts
-            start = ts - ts % width
+        for series in msg.series:
+            sensor = series.sensor
             windows = open_.get(sensor)
             if windows is None:
                 windows = open_[sensor] = {}
-            w = windows.get(start)
-            if w is None:
-                windows[start] = _Open(Agg(ts, value), unit)
-            else:
-                w.agg.add(ts, value)
+            for start, agg, unit in _partials(series, width):
+                if start < closed_until:
+                    late[sensor] = late.get(sensor, 0) + agg.count
+                    continue
+                if agg.last_ts > max_ts:
+                    max_ts = agg.last_ts
+                w = windows.get(start)
+                if w is None:
+                    windows[start] = _Open(agg, unit)
+                else:
+                    w.agg.merge(agg)
         self.max_ts = max_ts
         if received_ms > self.last_seen_ms:
             self.last_seen_ms = received_ms

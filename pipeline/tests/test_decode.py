@@ -1,0 +1,130 @@
+"""The hot path's decoder agrees with the contract's reference decoder."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from fieldline_edge.contract import (
+    ContractError,
+    Reading,
+    decode_telemetry,
+    encode_telemetry,
+    telemetry_topic,
+)
+from fieldline_pipeline.decode import Columns, columns_of, decode_columns
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+T0 = 1_700_000_000_000
+TOPIC = telemetry_topic("lab", "d1")
+
+
+def outcome(fn: Any, topic: str, payload: bytes, latest: int | None) -> Columns | str:
+    try:
+        out = fn(topic, payload, latest)
+    except ContractError as exc:
+        return exc.reason
+    return out if isinstance(out, Columns) else columns_of(out)
+
+
+def edgy(valid: st.SearchStrategy[Any], invalid: st.SearchStrategy[Any]) -> Any:
+    """Mostly valid values, sometimes one just past the contract's edge."""
+    return st.integers(0, 12).flatmap(lambda i: invalid if i == 0 else valid)
+
+
+# Values close to the contract's edges, so both sides of every check are drawn.
+sensors = edgy(
+    st.sampled_from(["t", "hum", "a.b-c_d", "é", "t" * 64]),
+    st.sampled_from(["", "_x", "x y", "t" * 65, "t\n", 7]),
+)
+stamps = edgy(
+    st.integers(min_value=T0 - 20_000, max_value=T0 + 90_000)
+    | st.sampled_from([946_684_800_000, 4_102_444_799_999]),
+    st.sampled_from([946_684_799_999, 4_102_444_800_000, 1.7e12, True, "1700000000000", -1]),
+)
+values = edgy(
+    st.floats(allow_nan=False, allow_infinity=False, min_value=-1e100, max_value=1e100)
+    | st.integers(min_value=-(10**20), max_value=10**20),
+    st.sampled_from([1.0000000000000002e100, -1e101, 10**120, 1e300, True, None, "1"]),
+)
+units = edgy(
+    st.sampled_from(["", "C", "%", "m/s²", "x" * 16]),
+    st.sampled_from(["a\\b", "a\nb", "x" * 17, None, 3]),
+)
+
+
+@st.composite
+def readings(draw: st.DrawFn) -> dict[str, Any]:
+    r: dict[str, Any] = {"sensor": draw(sensors), "ts": draw(stamps), "value": draw(values)}
+    if draw(st.booleans()):
+        r["unit"] = draw(units)
+    if draw(st.integers(0, 29)) == 0:
+        del r[draw(st.sampled_from(["sensor", "ts", "value"]))]
+    if draw(st.integers(0, 9)) == 0:
+        r["extra"] = {"nested": [1, 2]}
+    return r
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> bytes:
+    obj: dict[str, Any] = {
+        "schema": draw(edgy(st.just("fieldline.telemetry/1"), st.just("fieldline.telemetry/2"))),
+        "device": draw(edgy(st.just("d1"), st.just("d2"))),
+        "seq": draw(edgy(st.integers(0, 2**63 - 1), st.sampled_from([2**63, -1, True, 1.0, "1"]))),
+        "readings": draw(st.lists(readings(), min_size=0, max_size=6)),
+    }
+    if draw(st.integers(0, 19)) == 0:
+        del obj[draw(st.sampled_from(list(obj)))]
+    text = json.dumps(obj)
+    if draw(st.integers(0, 19)) == 0:
+        text = text[: draw(st.integers(0, len(text)))]
+    return text.encode()
+
+
+@settings(
+    max_examples=1500, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(payload=messages(), latest=st.sampled_from([None, T0 + 5_000, T0 + 60_000]))
+@example(payload=b'{"schema":"fieldline.telemetry/1","device":"d1","seq":1,"seq":2,'
+         b'"readings":[{"sensor":"t","ts":1700000000000,"ts":1700000000001,"value":1}]}',
+         latest=None)  # fmt: skip
+@example(payload=b"[1]", latest=None)
+@example(payload=b'{"schema":"fieldline.telemetry/1","device":"d1","seq":1,"readings":'
+         b'[{"sensor":"t","ts":1700000000000,"value":NaN}]}', latest=None)  # fmt: skip
+def test_fast_decoder_accepts_and_rejects_exactly_as_the_contract(
+    payload: bytes, latest: int | None
+) -> None:
+    assert outcome(decode_columns, TOPIC, payload, latest) == outcome(
+        decode_telemetry, TOPIC, payload, latest
+    )
+
+
+@pytest.mark.parametrize(
+    "topic",
+    ["fieldline/lab/d1/status", "fieldline/lab/d 1/telemetry", "other/lab/d1/telemetry"],
+)
+def test_bad_topics_get_the_contract_reason(topic: str) -> None:
+    payload = encode_telemetry("d1", 1, [Reading("t", T0, 1.0)])
+    assert outcome(decode_columns, topic, payload, None) == outcome(
+        decode_telemetry, topic, payload, None
+    )
+
+
+def test_columns_group_by_sensor_in_arrival_order_and_keep_per_reading_units() -> None:
+    rs = [
+        Reading("t", T0 + 2, 1.0, "C"),
+        Reading("h", T0, 50.0, "%"),
+        Reading("t", T0 + 1, 2.0, "F"),
+        Reading("t", T0 + 3, 3.0, "C"),
+    ]
+    cols = decode_columns(TOPIC, encode_telemetry("d1", 9, rs))
+    assert (cols.site, cols.device, cols.seq, cols.count, cols.newest_ts) == (
+        "lab", "d1", 9, 4, T0 + 3,
+    )  # fmt: skip
+    by = {s.sensor: s for s in cols.series}
+    assert by["t"].ts == [T0 + 2, T0 + 1, T0 + 3]
+    assert by["t"].values == [1.0, 2.0, 3.0]
+    assert by["t"].units == ["C", "F", "C"]
+    assert by["h"].units == ["%"]
