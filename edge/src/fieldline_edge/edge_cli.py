@@ -16,7 +16,7 @@ import zlib
 from types import FrameType
 from typing import Callable, Optional, Sequence
 
-from fieldline_edge import contract
+from fieldline_edge import contract, fleet_cli
 from fieldline_edge.agent import ACK_TIMEOUT_S, MAX_BATCH_DELAY_S, Agent
 from fieldline_edge.mqtt import BrokerURL, TLSConfig, parse_broker_url
 from fieldline_edge.sensors import CpuTemperature, Sensor, SimulatedSensor
@@ -100,6 +100,7 @@ def build_parser(prog: str = "fieldline edge") -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    fleet_cli.add_commands(sub)  # flash, deploy, rollback, credentials (the operator's side)
     run = sub.add_parser(
         "run",
         help="sample sensors and publish telemetry until stopped",
@@ -190,6 +191,8 @@ def edge_main(argv: Optional[list[str]] = None) -> int:
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:  # argparse already printed usage and the error
         return exc.code if isinstance(exc.code, int) else 2
+    if args.command in fleet_cli.COMMANDS:
+        return fleet_cli.run(args, prog)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
