@@ -1,8 +1,13 @@
 """``fieldline edge run`` (also ``fieldline-edge run``): run the agent for one device.
 
+``--config FILE`` runs it from its TOML configuration (how a device runs it, see
+docs/edge-agent.md); ``--broker/--site/--device/--sensor`` run it from flags,
+for trying it out, with the spool in memory unless ``--spool`` is given.
+
 argparse only, so it works on a device without typer. Exit status: 0 after a
-clean stop, 1 if telemetry was left unacknowledged or the agent failed, 2 on
-misuse (usage on stderr, never a traceback).
+clean stop (messages not yet delivered stay in an on-disk spool), 1 if readings
+were lost (dropped, or unacknowledged with the spool in memory) or the agent
+failed, 2 on misuse or a bad configuration (one line on stderr, never a traceback).
 """
 
 from __future__ import annotations
@@ -17,9 +22,13 @@ from types import FrameType
 from typing import Callable, Optional, Sequence
 
 from fieldline_edge import contract, fleet_cli
-from fieldline_edge.agent import ACK_TIMEOUT_S, MAX_BATCH_DELAY_S, Agent
+from fieldline_edge.agent import ACK_TIMEOUT_S, MAX_BATCH_DELAY_S, Agent, Scheduled
+from fieldline_edge.clock import Clock
+from fieldline_edge.config import ConfigError, build_driver, load_config
 from fieldline_edge.mqtt import BrokerURL, TLSConfig, parse_broker_url
+from fieldline_edge.sdnotify import Notifier
 from fieldline_edge.sensors import CpuTemperature, Sensor, SimulatedSensor
+from fieldline_edge.spool import MEMORY, Spool, SpoolError
 
 log = logging.getLogger("fieldline_edge")
 
@@ -95,6 +104,10 @@ def _sensor_spec(text: str) -> tuple[str, str, str]:
 
 
 def build_parser(prog: str = "fieldline edge") -> argparse.ArgumentParser:
+    return _build_parsers(prog)[0]
+
+
+def _build_parsers(prog: str) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     parser = argparse.ArgumentParser(
         prog=prog, description="Fieldline edge agent: publish sensor readings over MQTT."
     )
@@ -107,8 +120,12 @@ def build_parser(prog: str = "fieldline edge") -> argparse.ArgumentParser:
         description="Sample sensors and publish telemetry until SIGTERM/SIGINT or --duration-s.",
     )
     run.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the agent's TOML configuration (see docs/edge-agent.md); replaces the flags below",
+    )
+    run.add_argument(
         "--broker",
-        required=True,
         type=_broker,
         metavar="URL",
         help="mqtt://[user:pass@]host[:port] or mqtts://... (TLS)",
@@ -118,8 +135,8 @@ def build_parser(prog: str = "fieldline edge") -> argparse.ArgumentParser:
     )
     run.add_argument("--cert-file", metavar="PEM", help="client certificate for mqtts://")
     run.add_argument("--key-file", metavar="PEM", help="client certificate's key for mqtts://")
-    run.add_argument("--site", required=True, type=_id("site"))
-    run.add_argument("--device", required=True, type=_id("device"), metavar="ID")
+    run.add_argument("--site", type=_id("site"))
+    run.add_argument("--device", type=_id("device"), metavar="ID")
     run.add_argument(
         "--sensor",
         dest="sensors",
@@ -153,6 +170,12 @@ def build_parser(prog: str = "fieldline edge") -> argparse.ArgumentParser:
         help=f"on stop, how long to wait for the broker's acks (default: {ACK_TIMEOUT_S})",
     )
     run.add_argument(
+        "--spool",
+        default=MEMORY,
+        metavar="FILE",
+        help="SQLite spool for readings not yet delivered (default: in memory)",
+    )
+    run.add_argument(
         "--sysfs-root",
         default="/",
         metavar="DIR",
@@ -165,8 +188,12 @@ def build_parser(prog: str = "fieldline edge") -> argparse.ArgumentParser:
         metavar="N",
         help="stop after N seconds (default: run until stopped)",
     )
-    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    return parser
+    run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser, run
+
+
+#: Flags that describe the device; with --config the file does.
+_DEVICE_FLAGS = ("broker", "site", "device", "sensors", "ca_file", "cert_file", "key_file")
 
 
 def make_sensors(
@@ -186,29 +213,132 @@ def make_sensors(
 def edge_main(argv: Optional[list[str]] = None) -> int:
     """Run ``fieldline edge`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
     prog = "fieldline-edge" if argv is None else "fieldline edge"
-    parser = build_parser(prog)
+    parser, run_parser = _build_parsers(prog)
     try:
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:  # argparse already printed usage and the error
         return exc.code if isinstance(exc.code, int) else 2
     if args.command in fleet_cli.COMMANDS:
         return fleet_cli.run(args, prog)
+
+    def usage_error(message: str) -> int:
+        run_parser.print_usage(sys.stderr)
+        print(f"{prog} run: error: {message}", file=sys.stderr)
+        return 2
+
+    if args.config is not None:
+        given = [f"--{f.replace('_', '-')}" for f in _DEVICE_FLAGS if getattr(args, f)]
+        if given:
+            return usage_error(f"--config cannot be combined with {', '.join(given)}")
+        try:
+            agent, level = agent_from_config(args.config)
+        except (ConfigError, SpoolError) as exc:
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return 2
+        where = args.config
+    else:
+        missing = [f"--{f}" for f in ("broker", "site", "device") if getattr(args, f) is None]
+        if missing:
+            return usage_error(
+                f"the following arguments are required: {', '.join(missing)} (or --config FILE)"
+            )
+        try:
+            agent = agent_from_flags(args)
+        except SystemExit as exc:
+            return int(exc.code or 2)
+        except (ValueError, OSError, SpoolError) as exc:  # TLS options with mqtt://, bad CA
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return 2
+        level = "INFO"
+        where = "flags"
     logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level or level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+    def on_signal(signum: int, frame: Optional[FrameType]) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        agent.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        log.info(
+            "agent %s/%s (%s) publishing to %s, spool %s",
+            agent.site,
+            agent.device,
+            where,
+            agent.connection.broker,
+            agent.spool.path,
+        )
+        report = agent.run(args.duration_s)
+    except Exception as exc:  # one clear line for the operator; details at DEBUG
+        log.debug("agent failed", exc_info=True)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    kept = " (kept in the spool)" if report.kept and report.unacked_messages else ""
+    log.info(
+        "stopped: %d messages, %d readings published, %d unacknowledged%s, %d readings dropped",
+        report.published_messages,
+        report.published_readings,
+        report.unacked_messages,
+        kept,
+        report.dropped_readings,
+    )
+    lost = report.dropped_readings or (report.unacked_messages and not report.kept)
+    return 1 if lost else 0
+
+
+def agent_from_config(path: str) -> tuple[Agent, str]:
+    """The agent a configuration file describes, and its log level."""
+    cfg = load_config(path)
+    scheduled = [Scheduled(build_driver(s), s.interval_s) for s in cfg.sensors]
+    spool = Spool(
+        cfg.spool.path,
+        cfg.device,
+        max_bytes=int(cfg.spool.max_mb * 2**20),
+        sync=cfg.spool.sync,
+    )
+    try:
+        agent = Agent(
+            cfg.mqtt.broker,
+            cfg.site,
+            cfg.device,
+            scheduled,
+            batch_size=cfg.agent.batch_max,
+            max_batch_delay_s=cfg.agent.flush_interval_s,
+            clock=Clock(cfg.agent.clock_sync_file),
+            tls=cfg.mqtt.tls,
+            spool=spool,
+            replay_rate_per_s=cfg.spool.replay_rate_per_s,
+            protocol=cfg.mqtt.protocol,
+            keepalive_s=cfg.mqtt.keepalive_s,
+            notifier=Notifier(),
+        )
+    except (ValueError, OSError) as exc:  # e.g. an unreadable key that passed os.access
+        spool.close()
+        raise ConfigError("mqtt", str(exc)) from None
+    return agent, cfg.agent.log_level
+
+
+def agent_from_flags(args: argparse.Namespace) -> Agent:
+    prog = "fieldline edge"
     specs = args.sensors or [_sensor_spec("cpu_temp")]
     names = [name for _, name, _ in specs]
     if len(set(names)) != len(names):
         print(
             f"{prog}: error: sensor names must be unique, got {', '.join(names)}", file=sys.stderr
         )
-        return 2
+        raise SystemExit(2)
     sensors = make_sensors(specs, args.device, args.interval_s, args.sysfs_root)
     tls = None
     if args.ca_file or args.cert_file or args.key_file:
         tls = TLSConfig(args.ca_file, args.cert_file, args.key_file)
+    spool = Spool(args.spool, args.device)
     try:
-        agent = Agent(
+        return Agent(
             args.broker,
             args.site,
             args.device,
@@ -218,33 +348,12 @@ def edge_main(argv: Optional[list[str]] = None) -> int:
             max_batch_delay_s=args.max_batch_delay_s,
             ack_timeout_s=args.ack_timeout_s,
             tls=tls,
+            spool=spool,
+            notifier=Notifier(),
         )
-    except (ValueError, OSError) as exc:  # TLS options with mqtt://, unreadable CA file
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-
-    def on_signal(signum: int, frame: Optional[FrameType]) -> None:
-        log.info("received %s; stopping", signal.Signals(signum).name)
-        agent.stop()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        log.info("agent %s/%s publishing to %s", args.site, args.device, args.broker)
-        report = agent.run(args.duration_s)
-    except Exception as exc:  # one clear line for the operator; details at DEBUG
-        log.debug("agent failed", exc_info=True)
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    log.info(
-        "stopped: %d messages, %d readings published, %d unacknowledged",
-        report.published_messages,
-        report.published_readings,
-        report.unacked_messages,
-    )
-    return 1 if report.unacked_messages or report.dropped_readings else 0
+    except BaseException:
+        spool.close()
+        raise
 
 
 if __name__ == "__main__":  # python -m fieldline_edge.edge_cli: no plugin discovery at all

@@ -3,7 +3,10 @@
 Delivery: status and telemetry are published with QoS 1 (at least once). While
 the connection is down paho keeps QoS 1 messages in memory and resends them after
 reconnecting, with DUP set for those already sent (MQTT 3.1.1 §4.4); nothing is
-kept across a restart of the process.
+kept across a restart of the process (the agent's spool does that, see spool.py).
+
+MQTT 3.1.1 and 5 are both spoken; reconnects back off exponentially with jitter,
+so a fleet that lost its broker does not reconnect in lockstep.
 
 Unit of parallelism: one :class:`Connection` is one paho client with one network
 thread (``loop_start``); any number of device publishers may share it.
@@ -12,6 +15,7 @@ thread (``loop_start``); any number of device publishers may share it.
 from __future__ import annotations
 
 import logging
+import random
 import ssl
 import threading
 import time
@@ -27,9 +31,11 @@ log = logging.getLogger(__name__)
 #: Seconds between PINGREQs when idle; the broker declares the client dead (and
 #: publishes its last will) after 1.5 times this without traffic (MQTT 3.1.1 §3.1.2.10).
 KEEPALIVE_S = 30
-#: First and longest wait between reconnect attempts; paho doubles it each failure.
+#: First and longest wait between reconnect attempts; doubled after each failure,
+#: then a random point in its upper half is taken ("equal jitter").
 RECONNECT_MIN_DELAY_S = 1
 RECONNECT_MAX_DELAY_S = 60
+PROTOCOLS = {"3.1.1": mqtt.MQTTv311, "5": mqtt.MQTTv5}
 #: How long :meth:`Connection.connect` waits for the broker's CONNACK.
 CONNECT_TIMEOUT_S = 10.0
 #: QoS 1 messages on the wire awaiting PUBACK at once (paho's default is 20).
@@ -203,6 +209,20 @@ def check_publish(info: mqtt.MQTTMessageInfo, topic: str, qos: int) -> mqtt.MQTT
     raise PublishError(topic, rc)
 
 
+def reconnect_delay_s(
+    failures: int,
+    rng: random.Random,
+    min_s: int = RECONNECT_MIN_DELAY_S,
+    max_s: int = RECONNECT_MAX_DELAY_S,
+) -> int:
+    """Seconds to wait after ``failures`` consecutive failed attempts (>= 1).
+
+    Whole seconds, because that is what paho's reconnect timer takes.
+    """
+    cap = min(max_s, min_s * 2 ** min(max(failures - 1, 0), 30))
+    return rng.randint(max(min_s, cap // 2), cap)
+
+
 class Message(NamedTuple):
     """A message to publish later: a last will, or a birth built at connect time."""
 
@@ -213,12 +233,17 @@ class Message(NamedTuple):
 
 
 class Connection:
-    """One paho client (MQTT 3.1.1) with a last will, birth messages and reconnect backoff.
+    """One paho client (MQTT 3.1.1 or 5) with a last will, birth messages and reconnect backoff.
 
     Births are ``(topic, payload factory)`` pairs published retained with QoS 1
     from ``on_connect``, so after every reconnect the broker again holds
     ``online`` (the last will may have replaced it meanwhile). :meth:`close`
     disconnects cleanly, so the broker discards the will.
+
+    ``on_published(mid, ok)`` is called from paho's network thread for every
+    PUBACK; ``ok`` is False when an MQTT 5 broker acknowledged with a failure
+    reason code (e.g. not authorized). ``on_connected()`` is called after each
+    successful CONNACK, after the births.
     """
 
     def __init__(
@@ -230,20 +255,40 @@ class Connection:
         tls: Optional[TLSConfig] = None,
         max_inflight: int = MAX_INFLIGHT_MESSAGES,
         max_queued: int = MAX_QUEUED_MESSAGES,
+        protocol: str = "3.1.1",
+        keepalive_s: int = KEEPALIVE_S,
+        on_published: Optional[Callable[[int, bool], None]] = None,
+        on_connected: Optional[Callable[[], None]] = None,
     ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(
+                f"MQTT protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}"
+            )
         self.broker = broker
         self.client_id = client_id
+        self.protocol = protocol
+        self.keepalive_s = keepalive_s
+        self.on_published = on_published
+        self.on_connected = on_connected
+        self._failures = 0
+        self._rng = random.Random()
         self._births: list[tuple[str, Callable[[], bytes]]] = []
         self._connected = threading.Event()
         self._refused: Optional[str] = None
         self._started = False
         self._closing = False
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=mqtt.MQTTv311,
-            clean_session=True,
-        )
+        if protocol == "5":
+            # MQTT 5 has clean_start (given at connect) instead of clean_session.
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+            )
+        else:
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                protocol=mqtt.MQTTv311,
+                clean_session=True,
+            )
         paho_log = logging.getLogger("paho.mqtt")
         # Only when debugging: paho 2.2 logs an ERROR from its network thread on
         # every clean disconnect ("Client is not connected"), which is noise.
@@ -258,6 +303,7 @@ class Connection:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail
+        client.on_publish = self._on_publish
         self.client = client
 
     def add_birth(self, topic: str, payload: Callable[[], bytes]) -> None:
@@ -272,7 +318,7 @@ class Connection:
 
     def start(self) -> None:
         """Start the network thread and connect in the background, retrying forever."""
-        self.client.connect_async(self.broker.host, self.broker.port, KEEPALIVE_S)
+        self.client.connect_async(self.broker.host, self.broker.port, self.keepalive_s)
         self.client.loop_start()
         self._started = True
 
@@ -282,7 +328,7 @@ class Connection:
         Once connected, the network thread reconnects by itself with backoff.
         """
         try:
-            self.client.connect(self.broker.host, self.broker.port, KEEPALIVE_S)
+            self.client.connect(self.broker.host, self.broker.port, self.keepalive_s)
         except (OSError, ValueError) as exc:  # refused, unresolvable, TLS, timeout
             raise ConnectError(f"cannot connect to {self.broker}: {exc}") from None
         self.client.loop_start()
@@ -337,10 +383,14 @@ class Connection:
             log.error("%s: %s", self.broker, self._refused)
             return
         self._refused = None
-        log.info("connected to %s as %s", self.broker, self.client_id)
+        self._failures = 0
+        self.client.reconnect_delay_set(RECONNECT_MIN_DELAY_S, RECONNECT_MAX_DELAY_S)
+        log.info("connected to %s as %s (MQTT %s)", self.broker, self.client_id, self.protocol)
         self._connected.set()
         for topic, payload in list(self._births):
             self._publish_birth(topic, payload)
+        if self.on_connected is not None:
+            self.on_connected()
 
     def _on_disconnect(
         self,
@@ -352,12 +402,39 @@ class Connection:
     ) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
-        if not self._closing and was_connected:
-            log.warning("lost connection to %s (%s); reconnecting", self.broker, reason_code)
+        if not self._closing:
+            delay = self._back_off()
+            if was_connected:
+                log.warning(
+                    "lost connection to %s (%s); reconnecting in %d s",
+                    self.broker,
+                    reason_code,
+                    delay,
+                )
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         # paho swallows the OSError here; the next attempt follows the backoff.
-        log.warning("cannot reach %s; retrying", self.broker)
+        delay = self._back_off()
+        log.warning("cannot reach %s; retrying in %d s", self.broker, delay)
+
+    def _back_off(self) -> int:
+        # paho calls this before it waits for the next attempt; its own timer
+        # doubles without jitter, so set the next wait exactly.
+        self._failures += 1
+        delay = reconnect_delay_s(self._failures, self._rng)
+        self.client.reconnect_delay_set(delay, delay)
+        return delay
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: object,
+    ) -> None:
+        if self.on_published is not None:
+            self.on_published(mid, not reason_code.is_failure)
 
     def _publish_birth(self, topic: str, payload: Callable[[], bytes]) -> None:
         try:
