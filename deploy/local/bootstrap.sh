@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 # binary:package pairs; the services the tests and the demo start for real.
-NEEDED="mosquitto:mosquitto mosquitto_pub:mosquitto-clients influxd:influxdb victoria-metrics:victoria-metrics docker-compose:docker-compose"
+NEEDED="mosquitto:mosquitto mosquitto_pub:mosquitto-clients influxd:influxdb victoria-metrics:victoria-metrics docker-compose:docker-compose cloud-init:cloud-init mcopy:mtools mkfs.vfat:dosfstools sshd:openssh-server ssh:openssh-client"
 missing=""
 for pair in $NEEDED; do
   bin=${pair%%:*}; pkg=${pair##*:}
@@ -42,6 +42,8 @@ if [ -n "$missing" ]; then
       $SUDO systemctl disable --now "$unit" >/dev/null 2>&1 || true
     done
   fi
+  # cloud-init is here for its schema validator only: it must not configure this machine.
+  case "$missing" in *cloud-init*) $SUDO mkdir -p /etc/cloud && $SUDO touch /etc/cloud/cloud-init.disabled ;; esac
 fi
 
 if ! command -v uv >/dev/null 2>&1 && [ ! -x .tools/bin/uv ]; then
