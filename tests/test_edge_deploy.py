@@ -88,10 +88,9 @@ def sshd(tmp_path: Path) -> Iterator[SshServer]:
 
 
 @pytest.fixture
-def unit(tmp_path: Path) -> Path:
-    path = tmp_path / "fieldline-edge.service"
-    path.write_text("[Service]\nExecStart=/usr/local/bin/fieldline edge run\n")
-    return path
+def unit() -> Path:
+    """The unit the repository ships (deploy/systemd), which flash and deploy install."""
+    return bundle.find_unit()
 
 
 def deploy(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, object]]:

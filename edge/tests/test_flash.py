@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fieldline_edge import cloudinit, config, toml
+from fieldline_edge import bundle, cloudinit, config, toml
 from fieldline_edge.credentials import OperatorDir
 from fieldline_edge.edge_cli import edge_main
 from fieldline_edge.flash import FlashError, boot_partition, read_partitions
@@ -67,10 +67,9 @@ RPI_BOOT = {
 
 
 @pytest.fixture
-def unit(tmp_path: Path) -> Path:
-    path = tmp_path / "fieldline-edge.service"
-    path.write_text("[Service]\nExecStart=/usr/local/bin/fieldline edge run\n")
-    return path
+def unit() -> Path:
+    """The unit the repository ships (deploy/systemd), which flash and deploy install."""
+    return bundle.find_unit()
 
 
 def flash_args(image: Path, op: Path, unit: Path, *extra: str) -> list[str]:

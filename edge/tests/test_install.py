@@ -8,16 +8,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fieldline_edge import bundle
+from fieldline_edge import bundle, install
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # has no paho-mqtt: the bundled one must be used
 
 
 @pytest.fixture
-def unit(tmp_path: Path) -> Path:
-    path = tmp_path / "fieldline-edge.service"
-    path.write_text("[Service]\nExecStart=/usr/local/bin/fieldline edge run\n")
-    return path
+def unit() -> Path:
+    """The unit the repository ships (deploy/systemd), which flash and deploy install."""
+    return bundle.find_unit()
 
 
 def make_bundle(dest: Path, unit: Path, version: str | None = None, **etc: bytes) -> bundle.Bundle:
@@ -146,3 +145,14 @@ def test_rollback_without_a_previous_release_fails_clearly(tmp_path: Path, unit:
     assert result["ok"] is False
     assert result["error"] == "no previous release to roll back to"
     assert current(root) == f"releases/{v1.release}"
+
+
+def test_the_shipped_unit_runs_what_the_installer_lays_out(unit: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    assert unit.resolve() == (repo / "deploy/systemd/fieldline-edge.service").resolve()
+    text = unit.read_text()
+    exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    argv = exec_start.removeprefix("ExecStart=").split()
+    assert argv[0] == "/" + install.BIN_LINK
+    assert argv[argv.index("--config") + 1] == "/etc/fieldline/edge.toml"
+    assert install._unit_user(text) == "fieldline"  # the user the installer creates

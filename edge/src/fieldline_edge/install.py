@@ -24,6 +24,7 @@ stdout is a JSON object with the result; everything else goes to stderr.
 from __future__ import annotations
 
 import argparse
+import compileall
 import fcntl
 import hashlib
 import json
@@ -144,8 +145,8 @@ def _ensure_user(name: str) -> str:
         done = f"user {name} exists"
     except KeyError:
         _run(
-            ["useradd", "--system", "--no-create-home", "--home-dir", "/var/lib/fieldline",
-             "--shell", "/usr/sbin/nologin", name],
+            ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
+             "/var/lib/fieldline", "--shell", "/usr/sbin/nologin", name],
             "useradd",
         )  # fmt: skip
         done = f"user {name} created"
@@ -275,6 +276,9 @@ def install(
             (tmp / "lib").mkdir(parents=True)
             for name in sorted(wheels):
                 _unpack_wheel(bundle / "wheels" / name, tmp / "lib")
+            # The agent cannot write bytecode next to its code (read-only /opt under
+            # the unit's ProtectSystem=strict): compile it now, or every start pays.
+            compileall.compile_dir(str(tmp / "lib"), quiet=1)
             _write_atomic(tmp / "bin" / "fieldline", LAUNCHER.encode(), 0o755)
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             os.replace(tmp, target)
