@@ -201,6 +201,21 @@ def run(
             "by default they are kept for the next start."
         ),
     ] = False,
+    detector: Annotated[
+        str,
+        typer.Option(help="Anomaly detector: novelty, ewma or mad (see docs/detection.md)."),
+    ] = "novelty",
+    anomaly_threshold: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Score from which a reading is an anomaly [default: the detector's].",
+        ),
+    ] = None,
+    detection: Annotated[
+        bool, typer.Option(help="Score every reading for anomalies (alerts, anomaly points).")
+    ] = True,
     max_future_s: Annotated[
         float, typer.Option(help="Dead-letter readings stamped further ahead than this.")
     ] = 300.0,
@@ -217,6 +232,7 @@ def run(
 
     from fieldline_pipeline.connectors.influx import InfluxV1Config, InfluxV2Config
     from fieldline_pipeline.connectors.mqtt import MQTTSettings
+    from fieldline_pipeline.detection import DetectionConfig
     from fieldline_pipeline.runner import run_pipeline
     from fieldline_pipeline.settings import PipelineSettings
     from fieldline_pipeline.windows import WindowConfig
@@ -258,6 +274,7 @@ def run(
             idle_timeout_ms=round(idle_timeout_s * 1000),
             flush_on_eof=flush_on_stop,
         )
+        detection_config = DetectionConfig(detector, anomaly_threshold) if detection else None
         influx: InfluxV1Config | InfluxV2Config
         if influx_api is InfluxAPI.v1:
             influx = InfluxV1Config(influx_url, influx_db, influx_rp, influx_user, influx_password)
@@ -269,6 +286,7 @@ def run(
         mqtt=mqtt_settings,
         influx=influx,
         windows=windows,
+        detection=detection_config,
         workers=workers,
         instance=instance,
         state_dir=state_dir,

@@ -2,8 +2,9 @@
 
 ::
 
-    MQTT source ─► decode ─┬─ valid ─► key by device ─► windows ─► line protocol ─► InfluxDB
-                           └─ dead letter ─► MQTT fieldline/deadletter/<reason>
+    MQTT source ─► decode ─┬─ valid ─► key by device ─► windows ─┬─► line protocol ─► InfluxDB
+                           │                           + detect ─┴─► alerts ─┐
+                           └─ dead letter ─► MQTT fieldline/deadletter/<reason>, alerts
 
 Sources and sinks are parameters, so the same flow runs against MQTT and
 InfluxDB in production and against Bytewax's testing connectors in unit tests.
@@ -34,6 +35,13 @@ from fieldline_edge.contract import (
 from fieldline_pipeline.clock import IngestClock, WallClock
 from fieldline_pipeline.connectors.mqtt import MqttMessage
 from fieldline_pipeline.decode import Columns, decode_columns
+from fieldline_pipeline.detection import (
+    Anomaly,
+    DetectionConfig,
+    DeviceDetectors,
+    anomaly_alert,
+    anomaly_line,
+)
 from fieldline_pipeline.lineprotocol import format_line
 from fieldline_pipeline.metrics import METRICS, PipelineMetrics
 from fieldline_pipeline.windows import DeviceWindows, WindowConfig, WindowResult
@@ -132,22 +140,33 @@ def window_line(w: WindowResult) -> str:
     )
 
 
-class _WindowLogic(StatefulBatchLogic[Accepted, WindowResult, dict[str, Any]]):
+class _WindowLogic(StatefulBatchLogic[Accepted, WindowResult | Anomaly, dict[str, Any]]):
     def __init__(
-        self, windows: DeviceWindows, metrics: PipelineMetrics, clock: IngestClock
+        self,
+        windows: DeviceWindows,
+        metrics: PipelineMetrics,
+        clock: IngestClock,
+        detectors: DeviceDetectors | None = None,
     ) -> None:
         self._w = windows
         self._metrics = metrics
         self._clock = clock
+        self._d = detectors
 
-    def on_batch(self, values: list[Accepted]) -> tuple[list[WindowResult], bool]:
+    def on_batch(self, values: list[Accepted]) -> tuple[list[WindowResult | Anomaly], bool]:
         w = self._w
-        out: list[WindowResult] = []
-        readings = late_total = duplicates = 0
+        d = self._d
+        out: list[WindowResult | Anomaly] = []
+        readings = late_total = duplicates = anomalies = 0
         for cols, received_ms in values:
             if w.is_duplicate(cols.seq):
                 duplicates += 1
                 continue
+            if d is not None:  # after the dedupe: a redelivered message is not scored twice
+                found = d.update(cols)
+                if found:
+                    anomalies += len(found)
+                    out.extend(found)
             readings += cols.count
             closed, late = w.add_columns(cols, received_ms)
             out.extend(closed)
@@ -156,21 +175,23 @@ class _WindowLogic(StatefulBatchLogic[Accepted, WindowResult, dict[str, Any]]):
         m = self._metrics
         m.on_readings(readings, late_total, duplicates)
         m.on_event_time(w.max_ts)
-        m.on_windows(len(out))
+        m.on_windows(len(out) - anomalies)
+        if anomalies:
+            m.on_anomalies(anomalies)
         return out, StatefulBatchLogic.RETAIN
 
-    def on_notify(self) -> tuple[list[WindowResult], bool]:
+    def on_notify(self) -> tuple[list[WindowResult | Anomaly], bool]:
         now = self._clock.now_ms()
-        out = self._w.on_time(now)
+        out: list[WindowResult | Anomaly] = list(self._w.on_time(now))
         self._metrics.on_windows(len(out))
         if self._w.expired(now):
             return out, StatefulBatchLogic.DISCARD
         return out, StatefulBatchLogic.RETAIN
 
-    def on_eof(self) -> tuple[list[WindowResult], bool]:
+    def on_eof(self) -> tuple[list[WindowResult | Anomaly], bool]:
         if not self._w.config.flush_on_eof:
             return [], StatefulBatchLogic.RETAIN
-        out = self._w.close_all()
+        out: list[WindowResult | Anomaly] = list(self._w.close_all())
         self._metrics.on_windows(len(out))
         return out, StatefulBatchLogic.RETAIN
 
@@ -180,7 +201,11 @@ class _WindowLogic(StatefulBatchLogic[Accepted, WindowResult, dict[str, Any]]):
         return datetime.now(timezone.utc) + timedelta(milliseconds=wait_ms)
 
     def snapshot(self) -> dict[str, Any]:
-        return self._w.snapshot()
+        snap = self._w.snapshot()
+        if self._d is not None:
+            # Beside the windows' keys; a snapshot without it restores with fresh detectors.
+            snap["detection"] = self._d.snapshot()
+        return snap
 
 
 def _status_line_or_none(metrics: PipelineMetrics) -> Any:
@@ -189,6 +214,18 @@ def _status_line_or_none(metrics: PipelineMetrics) -> Any:
             return status_line(u)
         except ValueError:
             log.exception("status cannot be written as line protocol: %r", u)
+            metrics.on_unwritable_window()
+            return None
+
+    return to_line
+
+
+def _anomaly_line_or_none(metrics: PipelineMetrics) -> Any:
+    def to_line(kv: tuple[str, Anomaly]) -> str | None:
+        try:
+            return anomaly_line(kv[1])
+        except ValueError:  # as for windows: costs the point, never the pipeline
+            log.exception("anomaly cannot be written as line protocol: %r", kv[1])
             metrics.on_unwritable_window()
             return None
 
@@ -204,10 +241,13 @@ def build_dataflow(
     clock: IngestClock | None = None,
     max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
     name: str = "fieldline",
+    detection: DetectionConfig | None = None,
 ) -> Dataflow:
     """The dataflow; ``windows_sink`` gets line protocol, ``dead_letter_sink`` MQTT messages.
 
     ``clock`` is the source's ingest clock (see :mod:`fieldline_pipeline.clock`).
+    With ``detection``, each device's readings are also scored in the same
+    stateful step: ``anomaly`` points join the line protocol, alerts the MQTT output.
     """
     clock_ = clock if clock is not None else WallClock()
     flow = Dataflow(name)
@@ -224,15 +264,21 @@ def build_dataflow(
         invalid,
         lambda d: None if d is None else (dead_letter_topic(d.reason), encode_dead_letter(d)),
     )
-    op.output("dead_letters_out", dead, dead_letter_sink)
-
     keyed = op.key_on("by_device", valid, lambda a: f"{a.msg.site}/{a.msg.device}")
 
     def builder(resume: dict[str, Any] | None) -> _WindowLogic:
         w = DeviceWindows(config) if resume is None else DeviceWindows.restore(resume, config)
-        return _WindowLogic(w, metrics, clock_)
+        d = None
+        if detection is not None:
+            d = DeviceDetectors.restore((resume or {}).get("detection"), detection)
+        return _WindowLogic(w, metrics, clock_, d)
 
-    windows = op.stateful_batch("windows", keyed, builder)
+    results: Any = op.stateful_batch("windows", keyed, builder)
+    windows: Any = results
+    found: Any = None
+    if detection is not None:
+        by_kind = op.branch("anomaly_or_window", results, lambda kv: isinstance(kv[1], Anomaly))
+        found, windows = by_kind.trues, by_kind.falses
 
     def to_line(kv: tuple[str, WindowResult]) -> str | None:
         # The contract keeps values and units writable; should a window still not
@@ -247,5 +293,11 @@ def build_dataflow(
 
     lines = op.filter_map("window_line", windows, to_line)
     status_lines = op.filter_map("status_line", statuses, _status_line_or_none(metrics))
-    op.output("influx_out", op.merge("influx_lines", lines, status_lines), windows_sink)
+    all_lines = [lines, status_lines]
+    if found is not None:
+        all_lines.append(op.filter_map("anomaly_line", found, _anomaly_line_or_none(metrics)))
+        alerts = op.map("alert_encode", found, lambda kv: anomaly_alert(kv[1]))
+        dead = op.merge("mqtt_messages", dead, alerts)
+    op.output("dead_letters_out", dead, dead_letter_sink)
+    op.output("influx_out", op.merge("influx_lines", *all_lines), windows_sink)
     return flow

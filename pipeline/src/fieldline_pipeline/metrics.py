@@ -34,6 +34,7 @@ class PipelineMetrics:
         self.late_readings = 0
         self.duplicates = 0
         self.windows = 0
+        self.anomalies = 0
         self.unwritable_windows = 0
         self.dead_letters: dict[str, int] = {}
         self.max_event_ms = 0
@@ -68,6 +69,10 @@ class PipelineMetrics:
         with self._lock:
             self.windows += count
 
+    def on_anomalies(self, count: int) -> None:
+        with self._lock:
+            self.anomalies += count
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             now_ms = int(time.time() * 1000)
@@ -77,6 +82,7 @@ class PipelineMetrics:
                 "late_readings": self.late_readings,
                 "duplicates": self.duplicates,
                 "windows": self.windows,
+                "anomalies": self.anomalies,
                 "unwritable_windows": self.unwritable_windows,
                 "dead_letters": sum(self.dead_letters.values()),
                 "dead_letters_by_reason": dict(self.dead_letters),
@@ -101,12 +107,20 @@ _RUNNER_FIELDS = (
 )
 
 
+_COUNTERS = (
+    "messages",
+    "readings",
+    "late_readings",
+    "duplicates",
+    "windows",
+    "anomalies",
+    "dead_letters",
+)
+
+
 def metrics_lines(snap: dict[str, Any], instance: str) -> list[str]:
     """Line protocol for one snapshot (time = snapshot time, ms)."""
-    fields: dict[str, float | int] = {
-        k: snap[k]
-        for k in ("messages", "readings", "late_readings", "duplicates", "windows", "dead_letters")
-    }
+    fields: dict[str, float | int] = {k: snap[k] for k in _COUNTERS}
     if snap["lag_ms"] is not None:
         fields["lag_ms"] = snap["lag_ms"]
     # Added to the snapshot by the runner's publisher (it owns the sink and the

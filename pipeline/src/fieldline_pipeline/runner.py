@@ -164,6 +164,7 @@ def run_pipeline(settings: PipelineSettings) -> None:
         settings.windows,
         clock=clock,
         max_future_ms=settings.max_future_ms,
+        detection=settings.detection,
     )
     # Metrics are best effort: a report that cannot be written is dropped (the
     # next one carries the same cumulative counters), so an outage never blocks it.

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fieldline_pipeline.connectors.influx import InfluxV1Config, InfluxV2Config, WriteOptions
 from fieldline_pipeline.connectors.mqtt import MQTTSettings
+from fieldline_pipeline.detection import DetectionConfig
 from fieldline_pipeline.windows import WindowConfig
 
 
@@ -20,6 +21,8 @@ class PipelineSettings:
     influx: InfluxV1Config | InfluxV2Config
     write: WriteOptions = field(default_factory=WriteOptions)
     windows: WindowConfig = field(default_factory=WindowConfig)
+    #: Anomaly detection; None turns it off.
+    detection: DetectionConfig | None = field(default_factory=DetectionConfig)
     workers: int = 1
     instance: str = "pipeline-0"
     metrics_interval_s: float = 1.0

@@ -70,7 +70,9 @@ class Detector(ABC):
     ) -> list[Hit]:
         """Learn many readings; return (index, score, expected) of those at or above
         the threshold. The pipeline's path: no list of every score is built."""
-        return self._run(ts, values, self.default_threshold if threshold is None else threshold, None)
+        return self._run(
+            ts, values, self.default_threshold if threshold is None else threshold, None
+        )
 
     # ------------------------------------------------------------------ recovery
 

@@ -45,10 +45,10 @@ class NoveltyDetector(Detector):
     """Level, spread and stuck-value novelty against a sliding horizon (see module doc)."""
 
     __slots__ = (
-        "alpha", "block", "blocks", "cont", "fire", "rest", "spread_weight", "stuck_min", "warmup",
-        "n", "lo", "hi", "smean", "spread", "spread_hi", "run", "run_hi", "prev", "quiet",
-        "b_count", "b_lo", "b_hi", "b_spread", "b_run", "pos", "ring_lo", "ring_hi",
-        "ring_spread", "ring_run",
+        "alpha", "b_count", "b_hi", "b_lo", "b_run", "b_spread", "block", "blocks", "cont",
+        "fire", "hi", "lo", "n", "pos", "prev", "quiet", "rest", "ring_hi", "ring_lo", "ring_run",
+        "ring_spread", "run", "run_hi", "smean", "spread", "spread_hi", "spread_weight",
+        "stuck_min", "warmup",
     )  # fmt: skip
 
     name = "novelty"
@@ -138,10 +138,12 @@ class NoveltyDetector(Detector):
                     s_nov = sw * (new_spread - spread_hi) / spread_hi
                     if s_nov > nov:
                         nov = s_nov
-                if run == stuck_min or (run > stuck_min and run == 2 * run_hi + 1):
-                    if run > 2 * run_hi:
-                        nov = 1.0
-                        expected = smean
+                # A stuck value fires once, when its run passes the bound.
+                if (run == stuck_min or (run > stuck_min and run == 2 * run_hi + 1)) and (
+                    run > 2 * run_hi
+                ):
+                    nov = 1.0
+                    expected = smean
                 if nov > 0.0:
                     score = 0.5 + 0.5 * nov / (nov + cont)
                 else:

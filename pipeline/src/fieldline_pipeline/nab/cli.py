@@ -36,9 +36,9 @@ def score(
         Path | None,
         typer.Option(help="Also write per-row scores here (OUT/<category>/<detector>_<file>.csv)."),
     ] = None,
-    jobs: Annotated[
-        int, typer.Option(min=1, help="Processes to spread the files over.")
-    ] = min(2, os.cpu_count() or 1),
+    jobs: Annotated[int, typer.Option(min=1, help="Processes to spread the files over.")] = min(
+        2, os.cpu_count() or 1
+    ),
     quiet: Annotated[bool, typer.Option(help="No progress on stderr.")] = False,
 ) -> None:
     """Run the detector over every NAB file as a stream; print the scores as JSON."""

@@ -119,9 +119,7 @@ def _json_number(x: float) -> float | None:
     return None if math.isinf(x) else x
 
 
-def summary(
-    detector: str, sweeps: dict[str, Sweep], shipped_threshold: float
-) -> dict[str, Any]:
+def summary(detector: str, sweeps: dict[str, Sweep], shipped_threshold: float) -> dict[str, Any]:
     """The object ``fieldline nab score`` prints."""
     standard = sweeps["standard"]
     return {
