@@ -101,7 +101,7 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     [
         (("[mqtt]", "[mqtt]\nkeepalive_s = 'abc'"), "mqtt.keepalive_s: must be an integer 5-65535, got 'abc'"),  # noqa: E501
         (("[mqtt]", "[mqtt]\nprotocol = \"4\""), 'mqtt.protocol: must be "3.1.1" or "5", got \'4\''),  # noqa: E501
-        (("mqtt://127.0.0.1:1883", "http://x"), "mqtt.url: broker URL 'http://x' must start with mqtt://"),  # noqa: E501
+        (("mqtt://127.0.0.1:1883", "http://x"), "mqtt.url: broker URL 'http://x' must start with mqtt://"),
         (("mqtt://127.0.0.1:1883", "mqtt://h:99999"), "mqtt.url: broker URL 'mqtt://h:99999' has an invalid port"),  # noqa: E501
         (("[mqtt]", "[mqtt]\nhots = 1"), "mqtt.hots: unknown key"),
         (("[mqtt]", "[mqtt]\nca_file = \"/etc/hosts\""), "mqtt.ca_file: TLS files need an mqtts:// url"),  # noqa: E501
