@@ -117,6 +117,7 @@ def add_commands(sub: Any) -> None:
     """Add this module's subcommands to ``fieldline edge``'s subparsers."""
     fl = sub.add_parser(
         "flash",
+        allow_abbrev=False,
         help="write the agent onto a Raspberry Pi OS image or SD card (cloud-init)",
         description="Write the agent, its config and credentials onto the boot partition of a "
         "Raspberry Pi OS image or SD card; cloud-init installs and starts it at first boot.",
@@ -140,6 +141,7 @@ def add_commands(sub: Any) -> None:
 
     de = sub.add_parser(
         "deploy",
+        allow_abbrev=False,
         help="install or upgrade the agent on running devices over SSH",
         description="Install or upgrade the agent over SSH. With --device-id/--site/--broker (or "
         "an inventory's device_id) the device's config and credentials are written too; "
@@ -151,6 +153,7 @@ def add_commands(sub: Any) -> None:
 
     rb = sub.add_parser(
         "rollback",
+        allow_abbrev=False,
         help="switch devices back to their previous release",
         description="Switch devices back to the release they ran before the last deploy.",
     )
@@ -158,6 +161,7 @@ def add_commands(sub: Any) -> None:
 
     cr = sub.add_parser(
         "credentials",
+        allow_abbrev=False,
         help="make a device's broker password and the Mosquitto entries",
         description="Make (or reuse) a device's broker password and write the Mosquitto "
         "password-file line and ACL under --out.",
