@@ -119,8 +119,8 @@ def build() -> db.Dashboard:
         .with_target(query(status_history()).alias("status"))
         .mappings(mapping({"online": ("online", "green"), "offline": ("offline", "red")}))
         .show_value(cm.VisibilityMode.AUTO)
-        .height(8)
-        .span(12)
+        .height(6)
+        .span(24)
     )
     d = d.with_panel(
         table.Panel()
