@@ -83,7 +83,8 @@ def test_dashboard_basics(name: str) -> None:
     assert len(d["uid"]) <= 40
     assert d["templating"]["list"][0]["type"] == "datasource"
     for p in d["panels"]:
-        assert p["title"] and p["targets"], p
+        assert p["title"], p
+        assert p["targets"], p
         g = p["gridPos"]
         assert g["x"] >= 0
         assert g["x"] + g["w"] <= 24
