@@ -140,4 +140,5 @@ def test_novelty_state_stays_bounded() -> None:
     values = sine(100_000, noise=1.0, seed=2)
     det.update_block(stamps(len(values)), values)
     sizes = [len(v) for v in det.snapshot().values() if isinstance(v, list)]
-    assert sizes and max(sizes) <= 32
+    assert sizes
+    assert max(sizes) <= 32
