@@ -164,8 +164,8 @@ def test_detector_state_survives_an_abort_and_resume(tmp_path: Path) -> None:
     msgs: list[Any] = messages("d1", DATA)
     # The run dies a third of the way in, and again two thirds in.
     cuts = (len(msgs) // 3, 2 * len(msgs) // 3)
-    with_aborts = msgs[: cuts[0]] + [TestingSource.ABORT()]
-    with_aborts += msgs[cuts[0] : cuts[1]] + [TestingSource.ABORT()] + msgs[cuts[1] :]
+    abort = TestingSource.ABORT()
+    with_aborts = [*msgs[: cuts[0]], abort, *msgs[cuts[0] : cuts[1]], abort, *msgs[cuts[1] :]]
     recovery = tmp_path / "recovery"
     recovery.mkdir()
     init_db_dir(recovery, 1)  # type: ignore[no-untyped-call]
