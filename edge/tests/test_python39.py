@@ -16,7 +16,7 @@ import fieldline_edge
 SRC = Path(fieldline_edge.__file__).parent
 EDGE_PROJECT = SRC.parents[1]
 #: Optional imports, each used only when present and with a fallback.
-OPTIONAL = {("contract.py", "orjson"), ("cli.py", "typer")}
+OPTIONAL = {("contract.py", "orjson"), ("cli.py", "typer"), ("toml.py", "tomli")}
 
 
 def _is_python39(exe: str) -> bool:
@@ -47,7 +47,7 @@ def find_python39(uv: str) -> str:
 
 
 def test_edge_sources_parse_as_python_3_9() -> None:
-    for path in sorted(SRC.glob("*.py")):
+    for path in sorted(SRC.rglob("*.py")):
         ast.parse(path.read_text(), filename=str(path), feature_version=(3, 9))
 
 
@@ -70,9 +70,20 @@ def test_edge_installs_imports_and_round_trips_on_python_3_9(tmp_path: Path) -> 
         "t = c.decode_telemetry(c.telemetry_topic('s', 'd'), c.encode_telemetry('d', 1, r))\n"
         "assert t.readings == r, t\n"
         "import importlib.util as u; assert u.find_spec('orjson') is None\n"
+        # No tomllib before 3.11 and no tomli here: the agent's own TOML parser.
+        "assert u.find_spec('tomllib') is None and u.find_spec('tomli') is None\n"
+        "from fieldline_edge import config, spool, drivers, toml\n"
+        "cfg = config.parse_config(toml.loads(open(%r).read()),"
+        " {'FIELDLINE_MQTT_PASSWORD': 'x'}, '/')\n"
+        "assert [s.driver for s in cfg.sensors][:2] == ['cpu_temperature', 'system'], cfg\n"
+        "sp = spool.Spool(':memory:', 'd'); sp.append(r, 1764253800000); sp.close()\n"
         "import sys; print(sys.version_info[:2])\n"
     )
-    res = subprocess.run([py, "-c", script], capture_output=True, text=True, timeout=60)
+    example = EDGE_PROJECT.parent / "deploy" / "edge" / "fieldline-edge.example.toml"
+    text = example.read_text().replace('ca_file = "/etc/fieldline/ca.crt"', "")
+    conf = tmp_path / "edge.toml"
+    conf.write_text(text.replace("mqtts://broker.example.org:8883", "mqtt://h"))
+    res = subprocess.run([py, "-c", script % str(conf)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "(3, 9)"
     # Without typer, `fieldline edge` still works (argparse).
@@ -86,7 +97,7 @@ def test_edge_installs_imports_and_round_trips_on_python_3_9(tmp_path: Path) -> 
 
 def test_edge_imports_nothing_beyond_paho_and_the_standard_library() -> None:
     allowed = set(sys.stdlib_module_names) | {"paho", "fieldline_edge"}
-    for path in sorted(SRC.glob("*.py")):
+    for path in sorted(SRC.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]

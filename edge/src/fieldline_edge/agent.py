@@ -480,6 +480,7 @@ class Agent:
             log.exception("sensor %s failed", s.driver.name)
             return f"error: {type(exc).__name__}: {exc}"
         if self.clock.is_sane():
+            self._release_held()  # older readings first, so seq order is time order
             ts = self.clock.wall_ms()
             for sample in samples:
                 self._add(Reading(sample.sensor, ts, sample.value, sample.unit), now)
