@@ -1,3 +1,4 @@
-from bench.run import main
+from bench.detectors import with_detectors
+from bench.run import RESULTS, main
 
-raise SystemExit(main())
+raise SystemExit(with_detectors(main, RESULTS)())
