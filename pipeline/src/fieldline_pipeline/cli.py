@@ -174,6 +174,7 @@ def run(
     addresses: Annotated[
         str | None,
         typer.Option(
+            envvar="FIELDLINE_ADDRESSES",
             help="host:port of every process of a cluster across hosts, comma-separated, "
             "the same list everywhere; run one process per host with its --process-id.",
         ),
@@ -192,7 +193,12 @@ def run(
         ),
     ] = Path(".fieldline-state"),
     process_id: Annotated[
-        int, typer.Option(min=0, help="This process's index in --addresses (names its ingest log).")
+        int,
+        typer.Option(
+            min=0,
+            envvar="FIELDLINE_PROCESS_ID",
+            help="This process's index in --addresses (names its ingest log).",
+        ),
     ] = 0,
     flush_on_stop: Annotated[
         bool,
