@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 from fieldline_edge import bundle
+from fieldline_edge.credentials import password_line
 from fieldline_edge.edge_cli import edge_main
+from fieldline_localstack.mosquitto import Mosquitto
+from paho.mqtt.enums import CallbackAPIVersion
 
 SSHD = "/usr/sbin/sshd"
 START_TIMEOUT_S = 30.0
@@ -229,3 +235,86 @@ def test_a_host_key_mismatch_is_a_failure_not_a_prompt(
     (result,) = results(report)
     assert result["ok"] is False
     assert str(result["error"]).startswith("ssh:")
+
+
+class AuthMosquitto(Mosquitto):
+    """Mosquitto with exactly the operator's password file and ACL, no anonymous clients."""
+
+    def __init__(self, state_dir: Path, password_file: Path, acl_file: Path) -> None:
+        super().__init__(state_dir)
+        self.files = (password_file, acl_file)
+
+    def _listener_lines(self) -> list[str]:
+        return [
+            "allow_anonymous false",
+            f"password_file {self.files[0]}",
+            f"acl_file {self.files[1]}",
+            f"listener {self.port} {self.host}",
+        ]
+
+
+def test_the_deployed_agent_logs_in_with_its_generated_credentials(
+    tmp_path: Path, sshd: SshServer, unit: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Deploy, then start the installed agent with the installed config against a broker
+    that knows only the generated password file and ACL (plus an observer)."""
+    root = tmp_path / "device"
+    root.mkdir()
+    op = tmp_path / "operator"
+    broker = AuthMosquitto(tmp_path / "broker", tmp_path / "passwd", tmp_path / "acl")
+    args = [
+        "deploy", "--host", "127.0.0.1", *sshd.args(), "--root", str(root),
+        "--device-id", "pi-9", "--site", "farm", "--broker", f"mqtt://127.0.0.1:{broker.port}",
+        "--operator-dir", str(op),
+    ]  # fmt: skip
+    code, report = deploy(args, capsys)
+    assert code == 0, report
+    observer = "observer-" + secrets.token_hex(4)
+    observer_password = secrets.token_urlsafe(16)
+    (tmp_path / "passwd").write_text(
+        (op / "mosquitto/passwd").read_text() + password_line(observer, observer_password)
+    )
+    (tmp_path / "acl").write_text(
+        (op / "mosquitto/acl").read_text() + f"\nuser {observer}\ntopic read fieldline/#\n"
+    )
+    # The config as installed, with its absolute paths moved under the temporary root
+    # (the device's / is not this machine's) and no wait for an NTP-synchronised clock.
+    installed = (root / "etc/fieldline/edge.toml").read_text()
+    relocated = installed.replace('"/etc/fieldline/', f'"{root}/etc/fieldline/')
+    relocated = relocated.replace('"/var/lib/fieldline/', f'"{root}/var/lib/fieldline/')
+    config = root / "etc/fieldline/relocated.toml"
+    config.write_text(relocated + '\n[agent]\nclock_sync_file = ""\n')
+
+    with broker:
+        received: list[str] = []
+        got = threading.Condition()
+
+        def on_message(c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
+            with got:
+                received.append(msg.topic)
+                got.notify_all()
+
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        client.username_pw_set(observer, observer_password)
+        client.on_message = on_message
+        client.on_connect = lambda c, *a: c.subscribe("fieldline/#", qos=1)
+        client.connect("127.0.0.1", broker.port, 30)
+        client.loop_start()
+        agent = subprocess.Popen(
+            ["/usr/bin/python3", str(root / "usr/local/bin/fieldline"), "edge", "run",
+             "--config", str(config)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        try:
+            with got:
+                telemetry = "fieldline/farm/pi-9/telemetry"
+                arrived = got.wait_for(lambda: telemetry in received, 120)
+        finally:
+            agent.terminate()
+            output, _ = agent.communicate(timeout=60)
+            client.loop_stop()
+            client.disconnect()
+        assert arrived, output
+        assert "fieldline/farm/pi-9/status" in received
+        password = (op / "devices/farm/pi-9/password").read_text().strip()
+        assert password not in output
