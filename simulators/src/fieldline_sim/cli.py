@@ -285,8 +285,11 @@ def fleet(
     cert_file: CertFile = None,
     key_file: KeyFile = None,
     connections: Annotated[
-        int, typer.Option(help="MQTT connections shared by the devices.")
-    ] = DEFAULT_CONNECTIONS,
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            help=f"MQTT connections shared by the devices [default: {DEFAULT_CONNECTIONS}]."
+        ),
+    ] = None,
     connection_per_device: Annotated[
         bool,
         typer.Option(

@@ -1,7 +1,9 @@
 """Replay CSV time series (the NAB corpus among them) through MQTT, one device per file.
 
-Input: CSV files with a header; the time column is ``timestamp`` (else the
-first column), the value column ``value`` (else the second). Timestamps are
+Input: CSV files, with a header (or none: then time, value). The time column is
+the first named ``timestamp``, ``time``, ``datetime``, ``date`` or ``ts`` (else
+the first not named ``value``); the value column is ``value`` (else the first
+other one). Timestamps are
 ISO 8601 (``2014-04-01 00:00:00``, ``2014-04-01T00:00:00Z``, with an offset or
 not; without one they are UTC) or Unix seconds or milliseconds. Every file is
 read and checked before anything is sent: a bad row stops the replay with
@@ -46,6 +48,8 @@ ACK_TIMEOUT_S = 60.0
 #: Unacknowledged messages before the replay waits for PUBACKs (16-bit message ids).
 MAX_UNACKED = 20_000
 _BAD_ID_CHARS = re.compile(r"[^\w.\-]")
+#: Header names of the time column (else the first column not named ``value``).
+_TIME_NAMES = ("timestamp", "time", "datetime", "date", "ts")
 
 
 class ReplayError(ValueError):
@@ -182,8 +186,10 @@ def _columns(path: Path, header: list[str]) -> tuple[int, int, bool]:
     try:
         parse_timestamp(header[0])
     except ValueError:
-        ts_col = names.index("timestamp") if "timestamp" in names else 0
-        value_col = names.index("value") if "value" in names else (1 if ts_col != 1 else 0)
+        named = [i for i, n in enumerate(names) if n in _TIME_NAMES]
+        ts_col = named[0] if named else next(i for i, n in enumerate(names) if n != "value")
+        others = [i for i in range(len(names)) if i != ts_col]
+        value_col = names.index("value") if "value" in names else others[0]
         return ts_col, value_col, True
     return 0, 1, False  # no header: the first row is data
 

@@ -58,8 +58,8 @@ DEFAULT_CONNECTIONS = 4
 class RunConfig:
     scenario: Scenario
     broker: BrokerURL
-    #: Shared connections; ignored with ``per_device``.
-    connections: int = DEFAULT_CONNECTIONS
+    #: Shared connections (None: up to DEFAULT_CONNECTIONS); ignored with ``per_device``.
+    connections: int | None = None
     per_device: bool = False
     credentials: FleetCredentials | None = None
     tls: TLSConfig | None = None
@@ -73,9 +73,17 @@ class RunConfig:
     labels_topic: bool = False
     ack_timeout_s: float = ACK_TIMEOUT_S
 
+    @property
+    def n_connections(self) -> int:
+        if self.per_device:
+            return self.scenario.devices
+        return self.connections or min(DEFAULT_CONNECTIONS, self.scenario.devices)
+
     def validate(self) -> RunConfig:
         n = self.scenario.devices
-        if not self.per_device and not 1 <= self.connections <= n:
+        if self.per_device and self.connections is not None:
+            raise ValueError("give --connections or --connection-per-device, not both")
+        if self.connections is not None and not 1 <= self.connections <= n:
             raise ValueError(f"connections must be in 1..{n} (the number of devices)")
         if not self.speed >= 0:
             raise ValueError("speed must be >= 0 (0: as fast as possible)")
@@ -161,7 +169,7 @@ class ScenarioRunner:
                     Message(contract.status_topic(c.scenario.site, d), self._status(d, "offline"))
                 )
         else:
-            for k in range(c.connections):
+            for k in range(c.n_connections):
                 broker = creds.fleet.apply(c.broker) if creds and creds.fleet else c.broker
                 brokers.append(broker)
                 ids.append(f"fieldline-sim-{c.instance}-{k}")

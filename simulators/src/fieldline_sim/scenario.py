@@ -185,7 +185,7 @@ def load_scenario(path: str | os.PathLike[str]) -> Scenario:
 def parse_scenario(raw: Mapping[str, Any], source: str = "scenario") -> Scenario:
     r = _Table(raw, source, "")
     site = r.id("site", "sim")
-    groups_raw = r.get("devices", list, None)
+    groups_raw = r.get("devices", list, [])
     if not groups_raw:
         raise r.error("devices", "at least one [[devices]] group is needed")
     groups = tuple(
@@ -252,7 +252,7 @@ def _start(r: _Table) -> int | None:
 def _group(r: _Table, index: int) -> GroupConfig:
     prefix = r.id("prefix", f"dev{index + 1}" if index else "dev")
     count = r.integer("count", None, minimum=1, maximum=1_000_000)
-    rate_hz = r.number("rate_hz", 1.0, minimum=1e-6, exclusive=True, maximum=1000.0)
+    rate_hz = r.number("rate_hz", 1.0, minimum=0.0, exclusive=True, maximum=1000.0)
     names = r.get("sensors", list, ["temperature", "humidity"])
     if not names:
         raise r.error("sensors", "needs at least one sensor")
