@@ -14,7 +14,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,6 +42,49 @@ BAD_EVENT_EVERY_S = 5.0
 STARTUP_TIMEOUT_S = 60.0
 CATCH_UP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
+#: A small fleet with injected faults (spikes, level shifts, stuck sensors), run
+#: next to the plain one so that the pipeline's anomaly alerts show.
+FAULTS_SCENARIO = Path(__file__).resolve().parents[4] / "simulators/scenarios/demo-anomalies.toml"
+FAULTS_INSTANCE = "demo-faults"
+ALERTS_SUBSCRIPTION = "fieldline/+/+/alerts"
+
+
+class AlertFeed:
+    """Counts the pipeline's alerts and keeps the latest few, for the live view."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.count = 0
+        self.latest: deque[str] = deque(maxlen=5)
+        self._lock = threading.Lock()
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="fieldline-demo-alerts")
+        self._client.on_connect = lambda c, *_a: c.subscribe(ALERTS_SUBSCRIPTION, qos=1)
+        self._client.on_message = self._on_message
+        self._client.connect(host, port)
+        self._client.loop_start()
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        from fieldline_edge.contract import ContractError, decode_alert
+
+        try:
+            a = decode_alert(bytes(msg.payload))
+        except ContractError:
+            return
+        when = time.strftime("%H:%M:%S", time.gmtime(a.ts / 1000))
+        with self._lock:
+            self.count += 1
+            self.latest.appendleft(
+                f"{when} {a.device}/{a.sensor} = {a.value:.4g}"
+                f" (expected {a.expected:.4g}, score {a.score:.3f})"
+            )
+
+    def rows(self) -> tuple[int, list[str]]:
+        with self._lock:
+            return self.count, list(self.latest)
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
 
 _err = Console(stderr=True)
 
@@ -60,7 +105,13 @@ def _stop(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
         terminate(proc, timeout_s)
 
 
-def _view(watch: MetricsWatcher, started: float, stack: LocalStack, state: str) -> Table:
+def _view(
+    watch: MetricsWatcher,
+    started: float,
+    stack: LocalStack,
+    state: str,
+    alerts: AlertFeed | None = None,
+) -> Table:
     sim = watch.latest("sim").get(SIM_INSTANCE, {})
     pipe = watch.latest("pipeline").get(PIPELINE_INSTANCE, {})
     table = Table(title=f"Fieldline demo — {state} — {time.monotonic() - started:5.1f} s")
@@ -86,6 +137,11 @@ def _view(watch: MetricsWatcher, started: float, stack: LocalStack, state: str) 
     row("pipeline", "dead letters", pipe.get("dead_letters"))
     lag = pipe.get("lag_ms")
     row("pipeline", "event lag", None if lag is None else f"{lag / 1000:.1f} s")
+    if alerts is not None:
+        count, latest = alerts.rows()
+        row("pipeline", "anomaly alerts", count)
+        for line in latest:
+            row("", "alert", line)
     row("stack", "broker", stack.mosquitto.url)
     row("stack", "influxdb", f"{stack.influxdb.url} (database {stack.database})")
     return table
@@ -129,6 +185,8 @@ def demo_command(
     root.mkdir(parents=True, exist_ok=True)
     stack = LocalStack(root / "stack")
     sim: subprocess.Popen[bytes] | None = None
+    faults: subprocess.Popen[bytes] | None = None
+    alerts: AlertFeed | None = None
     pipeline: subprocess.Popen[bytes] | None = None
     watch: MetricsWatcher | None = None
     interrupted = False
@@ -174,13 +232,23 @@ def demo_command(
             env,
             root / "simulator.log",
         )  # fmt: skip
+        alerts = AlertFeed(stack.mosquitto.host, stack.mosquitto.port)
+        if FAULTS_SCENARIO.is_file():  # in a source checkout
+            faults = _spawn(
+                [
+                    "sim", "fleet", str(FAULTS_SCENARIO), "--duration-s", str(sim_seconds),
+                    "--instance", FAULTS_INSTANCE, "--quiet",
+                ],
+                env,
+                root / "faults.log",
+            )  # fmt: skip
         bad = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="fieldline-demo-bad-device")
         bad.connect(stack.mosquitto.host, stack.mosquitto.port)
         bad.loop_start()
         next_bad = time.monotonic() + BAD_EVENT_EVERY_S / 2
         try:
             with Live(
-                _view(watch, started, stack, "running"), console=_err, refresh_per_second=4
+                _view(watch, started, stack, "running", alerts), console=_err, refresh_per_second=4
             ) as live:
                 while sim.poll() is None:
                     time.sleep(0.25)
@@ -190,8 +258,8 @@ def demo_command(
                             f"fieldline/{SITE}/broken-device/telemetry", b"{not json", qos=1
                         )
                         next_bad += BAD_EVENT_EVERY_S
-                    live.update(_view(watch, started, stack, "running"))
-                live.update(_view(watch, started, stack, "draining"))
+                    live.update(_view(watch, started, stack, "running", alerts))
+                live.update(_view(watch, started, stack, "draining", alerts))
         except KeyboardInterrupt:
             interrupted = True
             _err.print("stopping …")
@@ -199,6 +267,7 @@ def demo_command(
             bad.disconnect()
             bad.loop_stop()
         _stop(sim, STOP_TIMEOUT_S)
+        _stop(faults, STOP_TIMEOUT_S)
         summary_file = root / "ground-truth" / "summary.json"
         published = (
             json.loads(summary_file.read_text())["published_readings"]
@@ -210,13 +279,17 @@ def demo_command(
         watch.wait_for(lambda w: w.total("pipeline", "readings") >= published, CATCH_UP_TIMEOUT_S)
         _stop(pipeline, STOP_TIMEOUT_S)
         result: dict[str, Any] = {"published_readings": published, **_influx_totals(stack)}
+        result["alerts"] = alerts.rows()[0]
         result["state_dir"] = str(root) if keep else None
     except (ServiceError, OSError) as exc:
         _err.print(f"[bold red]demo failed:[/] {exc}", highlight=False)
         raise typer.Exit(1) from None
     finally:
         _stop(sim, 5)
+        _stop(faults, 5)
         _stop(pipeline, 5)
+        if alerts is not None:
+            alerts.close()
         if watch is not None:
             watch.close()
         stack.stop()
