@@ -581,20 +581,16 @@ class Agent:
             self._held = []
         if self._buffer:
             self._spool_buffer()
-        # A spool on disk keeps the rest for the next start: only wait for what
-        # is in flight. One in memory is drained for as long as we may wait.
+        # Deliver what can be delivered in ack_timeout_s (at the replay rate);
+        # what is left stays in an on-disk spool for the next start.
         mono = self.clock.monotonic
         deadline = mono() + self.ack_timeout_s
         while mono() < deadline and self.connection.connected:
             self._process_acks()
-            if self.spool.durable:
-                if not self._inflight:
-                    break
-            elif not self.spool.pending_batches:
+            if not self.spool.pending_batches:
                 break
-            else:
-                self._publish_from_spool(bucket, mono())
-            self._wake.wait(0.05)
+            self._publish_from_spool(bucket, mono())
+            self._wake.wait(min(0.05, bucket.wait_s() or 0.05))
             self._wake.clear()
         self._process_acks()
         unacked = self.spool.pending_batches
