@@ -12,6 +12,7 @@ from fieldline_sim.replay import (
     load_all,
     load_series,
     parse_timestamp,
+    plan_messages,
 )
 
 
@@ -95,3 +96,22 @@ def test_directories_and_collisions(tmp_path: Path) -> None:
     empty.mkdir()
     with pytest.raises(ReplayError, match="no CSV files"):
         find_csv([empty])
+
+
+def test_schedule_starts_every_file_at_once_and_batches_by_last_row(tmp_path: Path) -> None:
+    (tmp_path / "early.csv").write_text(
+        "timestamp,value\n2014-01-01 00:00:00,1\n2014-01-01 00:00:10,2\n2014-01-01 00:00:20,3\n"
+    )
+    (tmp_path / "late.csv").write_text(
+        "timestamp,value\n2015-06-01 00:00:00,4\n2015-06-01 00:00:05,5\n"
+        "2015-06-01 00:00:04,6\n"  # a step back in time keeps its place in the file
+    )
+    series = load_all([tmp_path])
+    plan = [(b.due_ms, series[b.file].device, [r.value for r in b.readings]) for b in
+            plan_messages(series, "v", 2)]  # fmt: skip
+    assert plan == [
+        (5_000, "late", [4.0, 5.0]),
+        (5_000, "late", [6.0]),
+        (10_000, "early", [1.0, 2.0]),
+        (20_000, "early", [3.0]),
+    ]

@@ -209,15 +209,15 @@ def load_all(paths: Sequence[str | os.PathLike[str]], max_rows: int | None = Non
     return series
 
 
-class _Batch(NamedTuple):
+class PlannedMessage(NamedTuple):
     due_ms: int  # after the start, in the series' own time
     file: int
     row: int
     readings: list[Reading]
 
 
-def _batches(series: Sequence[Series], sensor: str, batch: int) -> list[_Batch]:
-    out: list[_Batch] = []
+def plan_messages(series: Sequence[Series], sensor: str, batch: int) -> list[PlannedMessage]:
+    out: list[PlannedMessage] = []
     for f, s in enumerate(series):
         first = s.rows[0][0]
         due = 0
@@ -225,7 +225,7 @@ def _batches(series: Sequence[Series], sensor: str, batch: int) -> list[_Batch]:
             chunk = s.rows[b : b + batch]
             # File order per device, even where a file's times go backwards.
             due = max(due, max(ts for ts, _ in chunk) - first)
-            out.append(_Batch(due, f, b, [Reading(sensor, ts, v) for ts, v in chunk]))
+            out.append(PlannedMessage(due, f, b, [Reading(sensor, ts, v) for ts, v in chunk]))
     out.sort(key=lambda m: (m.due_ms, m.file, m.row))
     return out
 
@@ -261,7 +261,7 @@ def replay_paths(
     if max_rows is not None and max_rows < 1:
         _bad("max-rows must be >= 1")
     series = load_all(paths, max_rows)
-    messages = _batches(series, sensor, batch)
+    messages = plan_messages(series, sensor, batch)
     total = sum(len(s.rows) for s in series)
     topics = [contract.telemetry_topic(site, s.device) for s in series]
     seq0 = contract.initial_seq()
