@@ -139,6 +139,6 @@ def test_novelty_state_stays_bounded() -> None:
     det = create("novelty")
     values = sine(100_000, noise=1.0, seed=2)
     det.update_block(stamps(len(values)), values)
-    sizes = [len(v) for v in det.snapshot().values() if isinstance(v, list)]
+    sizes = [len(v) for v in det.snapshot()["state"] if isinstance(v, list)]
     assert sizes
     assert max(sizes) <= 32
