@@ -1,4 +1,5 @@
 from bench.detectors import with_detectors
+from bench.edge_footprint import with_edge_footprint
 from bench.run import RESULTS, main
 
-raise SystemExit(with_detectors(main, RESULTS)())
+raise SystemExit(with_edge_footprint(with_detectors(main, RESULTS), RESULTS)())
