@@ -51,26 +51,68 @@ def _report(checks: list[Check]) -> str:
     return "\n".join(str(c) for c in checks if not c.ok)
 
 
+#: Faulty machines: sensors that spike, shift and stick often enough for the
+#: detectors to flag some within the run (the Anomalies panels need them).
+FAULTY_FLEET = """
+name = "dashboards-faulty"
+seed = 3
+start = "now"
+
+[[devices]]
+prefix = "faulty"
+count = 3
+rate_hz = 10.0
+sensors = ["temperature", "vibration"]
+samples_per_message = 10
+
+[[faults]]
+kind = "spike"
+sensors = ["temperature", "vibration"]
+rate_per_hour = 720.0
+
+[[faults]]
+kind = "level_shift"
+sensors = ["temperature"]
+rate_per_hour = 240.0
+duration_s = [5, 10]
+"""
+
+
 @pytest.fixture
 def pipeline_run(
     mosquitto: Mosquitto, influxdb: InfluxDB, influx_db: str, start_pipeline: Any, tmp_path: Path
 ) -> str:
-    """A simulated fleet through a real pipeline into ``influx_db``; returns the site."""
+    """A simulated fleet (plain devices and faulty ones) through a real pipeline
+    into ``influx_db``; returns the site."""
     pipeline = start_pipeline("--window-s", "2", "--lateness-s", "1")
     site = f"dash-{secrets.token_hex(3)}"
     gt = tmp_path / "gt"
-    sim = subprocess.Popen(
-        fieldline(
-            "sim", "run", "--broker", mosquitto.url, "--site", site, "--devices", "4",
-            "--rate-hz", "5", "--batch-size", "5", "--duration-s", SIM_SECONDS, "--seed", "11",
-            "--ground-truth", str(gt), "--instance", f"sim-{site}",
+    scenario = tmp_path / "faulty.toml"
+    scenario.write_text(FAULTY_FLEET)
+    sims = [
+        subprocess.Popen(
+            fieldline(
+                "sim", "run", "--broker", mosquitto.url, "--site", site, "--devices", "4",
+                "--rate-hz", "5", "--batch-size", "5", "--duration-s", SIM_SECONDS,
+                "--seed", "11", "--ground-truth", str(gt), "--instance", f"sim-{site}",
+            ),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         ),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        subprocess.Popen(
+            fieldline(
+                "sim", "fleet", str(scenario), "--broker", mosquitto.url, "--site", site,
+                "--duration-s", SIM_SECONDS, "--ground-truth", str(tmp_path / "gt-faulty"),
+                "--instance", f"faulty-{site}", "--quiet",
+            ),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        ),
+    ]  # fmt: skip
     garbage = _publish_garbage(mosquitto.url, site)
-    out, _ = sim.communicate(timeout=180)
-    assert sim.returncode == 0, out.decode()[-3000:]
-    published = json.loads((gt / "summary.json").read_text())["published_readings"]
+    published = 0
+    for sim, folder in zip(sims, (gt, tmp_path / "gt-faulty")):
+        out, _ = sim.communicate(timeout=180)
+        assert sim.returncode == 0, out.decode()[-3000:]
+        published += json.loads((folder / "summary.json").read_text())["published_readings"]
     assert pipeline.wait_readings(published), pipeline.log_text()[-3000:]
     assert pipeline.watch.wait_for(
         lambda w: (
@@ -87,13 +129,23 @@ def test_every_panel_and_alert_query_returns_data(
     pipeline_run: str, influxdb: InfluxDB, influx_db: str
 ) -> None:
     run = http_query(influxdb.url, influx_db)
+    # Device detail shows one device: one with anomalies, as a user would open it
+    # from the Anomalies table (the first device in the list may have none).
+    series = influxdb.query('SELECT last("score") FROM "anomaly" GROUP BY "device"', influx_db)
+    devices = [s["tags"]["device"] for s in series["results"][0].get("series", [])]
+    assert devices, "the pipeline wrote no anomaly points: did the detection run?"
+    overrides = {"site": pipeline_run, "device": devices[0]}
     # As Grafana's frontend sends it: a relative range, every value of each variable.
-    checks = check_all(run, TimeRange(last="1h"), interval="10s")
+    checks = check_all(run, TimeRange(last="1h"), interval="10s", overrides=overrides)
     assert len(checks) > 30
     assert all(c.ok for c in checks), _report(checks)
     # As Grafana's backend sends it: absolute bounds in ms, and "All" as the regex .*
     now_ms = int(time.time() * 1000)
     checks = check_all(
-        run, TimeRange(from_ms=now_ms - 3_600_000, to_ms=now_ms + 60_000), "5s", use_all=True
+        run,
+        TimeRange(from_ms=now_ms - 3_600_000, to_ms=now_ms + 60_000),
+        "5s",
+        overrides={"device": devices[0]},
+        use_all=True,
     )
     assert all(c.ok for c in checks), _report(checks)

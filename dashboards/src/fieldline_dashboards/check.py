@@ -226,7 +226,11 @@ def check_all(
                 found = _tag_values(run(sent)) if c.ok else []
                 model = models[q.title]
                 if q.title in (overrides or {}):
-                    values[q.title] = (overrides or {})[q.title]
+                    chosen = (overrides or {})[q.title]
+                    picked = [chosen] if isinstance(chosen, str) else list(chosen)
+                    if c.ok and not set(picked) <= set(found):
+                        c.error = f"{picked} are not all among the variable's values {found}"
+                    values[q.title] = chosen
                 elif use_all and model.get("includeAll"):
                     values[q.title] = ALL
                 else:
