@@ -147,6 +147,24 @@ def _view(
     return table
 
 
+#: The generated Grafana files, in a source checkout (``fieldline dashboards build``).
+GRAFANA_DIR = Path(__file__).resolve().parents[4] / "deploy/grafana"
+
+
+def _grafana_hint(stack: LocalStack) -> None:
+    """Where the dashboards are and how to watch this demo's data in a Grafana."""
+    where = GRAFANA_DIR if GRAFANA_DIR.is_dir() else Path("deploy/grafana")
+    _err.print(
+        f"Grafana dashboards: {where}/dashboards/*.json, provisioning in {where}/provisioning/\n"
+        f"  to watch this demo: in your Grafana add an InfluxDB data source (InfluxQL), URL "
+        f"{stack.influxdb.url}, database {stack.database}, then import the JSON files or run\n"
+        "  fieldline dashboards push --url http://localhost:3000 --token-file <token file>\n"
+        "  (or the whole stack with Grafana, deploy/compose.yaml: see docs/dashboards.md)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def _influx_totals(stack: LocalStack) -> dict[str, int]:
     def one(q: str) -> list[Any]:
         res = stack.influxdb.query(q, db=stack.database)
@@ -193,6 +211,7 @@ def demo_command(
     try:
         _err.print(f"starting Mosquitto and InfluxDB (state in {root}) …")
         stack.start()
+        _grafana_hint(stack)
         env = {**os.environ, **stack.env(), "FIELDLINE_LOG_LEVEL": "WARNING"}
         started = time.monotonic()
         watch = MetricsWatcher(stack.mosquitto.host, stack.mosquitto.port, "fieldline-demo-watch")
