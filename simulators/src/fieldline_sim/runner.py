@@ -104,6 +104,10 @@ class RunReport(NamedTuple):
     started_ms: int
     ended_ms: int
     wall_s: float
+    #: Readings per second between the first and the last tick sent.
+    readings_per_s: float
+    #: How far behind its schedule the runner sent a tick, at worst (seconds).
+    max_lag_s: float
 
     def to_dict(self) -> dict[str, Any]:
         return self._asdict()
@@ -223,6 +227,9 @@ class ScenarioRunner:
         limit = min(MAX_UNACKED_PER_CONNECTION * len(self.pool), MAX_UNACKED)
         virtual_s = 0.0
         unacked = 0
+        first: tuple[float, int] | None = None
+        last_sent = t0
+        max_lag = 0.0
         try:
             for tick in self.generator.ticks():
                 if self._stop.is_set():
@@ -246,9 +253,14 @@ class ScenarioRunner:
                         break
                 if self._stop.is_set():
                     break
+                if c.speed > 0:
+                    max_lag = max(max_lag, time.monotonic() - due)
                 if tick.labels:
                     self._labels(tick.labels, labels_out)
                 self._send(tick.messages, gt)
+                last_sent = time.monotonic()
+                if first is None:
+                    first = (last_sent, self.readings)
                 self.pool.service(0)
             self._send(self.generator.finish(), gt)
             unacked = self.pool.wait_for_acks(c.ack_timeout_s)
@@ -262,6 +274,9 @@ class ScenarioRunner:
             if labels_out is not None:
                 labels_out.close()
         ended_ms = self.start_ms + round(virtual_s * 1000)
+        rate = 0.0
+        if first is not None and last_sent > first[0]:
+            rate = (self.readings - first[1]) / (last_sent - first[0])
         report = RunReport(
             s.devices,
             self.n_device_connections,
@@ -273,6 +288,8 @@ class ScenarioRunner:
             self.start_ms,
             ended_ms,
             round(time.monotonic() - t0, 3),
+            round(rate, 1),
+            round(max_lag, 3),
         )
         if gt is not None:
             gt.close(self.summary(report))
