@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 # binary:package pairs; the services the tests and the demo start for real.
-NEEDED="mosquitto:mosquitto mosquitto_pub:mosquitto-clients influxd:influxdb victoria-metrics:victoria-metrics docker-compose:docker-compose cloud-init:cloud-init mcopy:mtools mkfs.vfat:dosfstools sshd:openssh-server ssh:openssh-client systemd-analyze:systemd"
+NEEDED="mosquitto:mosquitto mosquitto_pub:mosquitto-clients influxd:influxdb victoria-metrics:victoria-metrics docker-compose:docker-compose cloud-init:cloud-init mcopy:mtools mkfs.vfat:dosfstools sshd:openssh-server ssh:openssh-client systemd-analyze:systemd openssl:openssl"
 missing=""
 for pair in $NEEDED; do
   bin=${pair%%:*}; pkg=${pair##*:}
