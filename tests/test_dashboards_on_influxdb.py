@@ -149,3 +149,13 @@ def test_every_panel_and_alert_query_returns_data(
         use_all=True,
     )
     assert all(c.ok for c in checks), _report(checks)
+    # The same through the command line a user runs against their InfluxDB.
+    r = subprocess.run(
+        fieldline(
+            "dashboards", "check", "--influx-url", influxdb.url, "--db", influx_db,
+            "--var", f"device={devices[0]}",
+        ),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip().endswith(f"{len(checks)} passed, 0 failed")

@@ -46,3 +46,6 @@ def test_misuse_is_a_one_line_error(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert "--last" in r.stderr
     assert run("push").returncode == 2
+    r = run("check", "--var", "device")
+    assert r.returncode == 2
+    assert "NAME=VALUE" in r.stderr

@@ -114,6 +114,14 @@ def check(
         ),
     ] = None,
     last: Annotated[str, typer.Option(help="Time range to query, e.g. 1h or 30m.")] = "1h",
+    var: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--var",
+            help="NAME=VALUE: a variable's value (e.g. device=dev-0007); by default "
+            "every value its query finds, the first for single-value ones.",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every query.")] = False,
 ) -> None:
     """Run every panel's and alert rule's query on an InfluxDB, as Grafana would.
@@ -136,7 +144,15 @@ def check(
         password = os.environ.get("FIELDLINE_INFLUX_PASSWORD", "")
         basic = base64.b64encode(f"{user}:{password}".encode()).decode()
         headers["Authorization"] = f"Basic {basic}"
-    checks = check_all(http_query(influx_url, db, headers), TimeRange(last=last))
+    overrides: dict[str, str] = {}
+    for item in var or []:
+        name, sep, value = item.partition("=")
+        if not (sep and name and value):
+            raise _fail(f"--var {item!r} is not NAME=VALUE")
+        overrides[name] = value
+    checks = check_all(
+        http_query(influx_url, db, headers), TimeRange(last=last), overrides=overrides
+    )
     failed = [c for c in checks if not c.ok]
     for c in checks:
         if verbose or not c.ok:
