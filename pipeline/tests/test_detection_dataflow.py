@@ -188,6 +188,12 @@ def test_old_snapshots_without_detector_state_restore() -> None:
     assert changed.sensors == {}
     same = DeviceDetectors.restore(other.snapshot(), DetectionConfig("ewma"))
     assert same.snapshot() == other.snapshot()
+    # A sensor state this version cannot read starts afresh; the others are kept.
+    snap = other.snapshot()
+    snap["sensors"]["broken"] = {"detector": "ewma", "version": 1, "alpha": 0.01}
+    mixed = DeviceDetectors.restore(snap, DetectionConfig("ewma"))
+    assert mixed.sensors["temp"].snapshot() == other.sensors["temp"].snapshot()
+    assert mixed.sensors["broken"].snapshot() == create("ewma").snapshot()
 
 
 def test_sensors_per_device_are_bounded() -> None:

@@ -146,5 +146,12 @@ class DeviceDetectors:
             )
             return dd
         dd.unscored = int(snap.get("unscored", 0))
-        dd.sensors = {s: dd._cls.restore(st) for s, st in snap["sensors"].items()}
+        for sensor, state in snap.get("sensors", {}).items():
+            try:
+                dd.sensors[sensor] = dd._cls.restore(state)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                # A state this version cannot read costs that sensor its history,
+                # never the pipeline (a crash here would repeat on every restart).
+                log.warning("sensor %r starts learning afresh: %s", sensor, exc)
+                dd.sensors[sensor] = dd._cls()
         return dd
