@@ -87,8 +87,10 @@ class RunConfig:
             raise ValueError(f"connections must be in 1..{n} (the number of devices)")
         if not self.speed >= 0:
             raise ValueError("speed must be >= 0 (0: as fast as possible)")
-        if self.credentials is not None and self.credentials.devices and not self.per_device:
-            raise ValueError("per-device credentials need --connection-per-device")
+        creds = self.credentials
+        if creds is not None and creds.fleet is None and not self.per_device:
+            # A shared connection speaks for many devices: it needs the simulator's user.
+            raise ValueError("credentials without a simulator user need --connection-per-device")
         check_instance(self.instance)
         return self
 
@@ -181,7 +183,7 @@ class ScenarioRunner:
         self.n_device_connections = len(brokers)
         # Device users may not publish metrics or labels: those need the fleet's user.
         self.service_connection: int | None = 0
-        if creds is not None and creds.devices:
+        if c.per_device and creds is not None and creds.devices:
             self.service_connection = None
             if creds.fleet is not None:
                 brokers.append(creds.fleet.apply(c.broker))
