@@ -91,6 +91,8 @@ class RunConfig:
         if creds is not None and creds.fleet is None and not self.per_device:
             # A shared connection speaks for many devices: it needs the simulator's user.
             raise ValueError("credentials without a simulator user need --connection-per-device")
+        if self.labels_topic and creds is not None and creds.fleet is None and creds.devices:
+            raise ValueError("--labels-topic needs a simulator user in the credentials file")
         check_instance(self.instance)
         return self
 
