@@ -41,7 +41,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -54,6 +54,8 @@ from fieldline_pipeline.dataflow import DEFAULT_MAX_FUTURE_MS
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
+
+T = TypeVar("T")
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
 
@@ -347,7 +349,7 @@ def payload_ids(draw: st.DrawFn) -> list[Event]:
 
 
 _TOPIC_FORMS = {
-    # not the pipeline's input
+    # not telemetry (the status form is decoded as a status, see expected_outcome)
     "short": "fieldline/{site}/telemetry",
     "long": "fieldline/{site}/{device}/x/telemetry",
     "status": "fieldline/{site}/{device}/status",
@@ -494,6 +496,18 @@ class Outcome:
 
 def expected_outcome(ev: Event, now_ms: int) -> Outcome:
     """What the pipeline must do with ``ev``, by the contract's own decoder."""
+    if mqtt.topic_matches_sub(c.STATUS_SUBSCRIPTION, ev.topic):
+        # The pipeline stores valid statuses (device_status), ignores an empty
+        # one (a retained status cleared), and dead-letters the rest.
+        if not ev.payload:
+            return Outcome(False)
+        try:
+            as_the_pipeline_does(c.decode_status, ev.topic, ev.payload)
+        except c.ContractError as exc:
+            return Outcome(True, exc.reason)
+        except Exception:
+            return Outcome(True, "internal_error")
+        return Outcome(False)
     if not mqtt.topic_matches_sub(c.TELEMETRY_SUBSCRIPTION, ev.topic):
         return Outcome(False)
     try:
@@ -513,13 +527,17 @@ PIPELINE_RECURSION_LIMIT = 1000
 
 
 def decode_as_the_pipeline_does(topic: str, payload: bytes) -> c.Telemetry:
+    return as_the_pipeline_does(c.decode_telemetry, topic, payload)
+
+
+def as_the_pipeline_does(decode: Callable[[str, bytes], T], topic: str, payload: bytes) -> T:
     """``decode_telemetry`` under the pipeline's recursion limit: Hypothesis raises
     the limit while a test runs, and the decoder's errors can recurse (see
     test_deeply_nested_fields_are_a_contract_error)."""
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(PIPELINE_RECURSION_LIMIT)
     try:
-        return c.decode_telemetry(topic, payload)
+        return decode(topic, payload)
     finally:
         sys.setrecursionlimit(limit)
 

@@ -105,6 +105,12 @@ class IngestLog:
             )
             return [LogEntry(*row) for row in cur.fetchall()]
 
+    def newest_offset(self) -> int:
+        """Offset of the newest entry in the file, whichever process wrote it."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key='high'").fetchone()
+            return max(row[0] if row else 0, self._max_offset())
+
     @property
     def high(self) -> int:
         """Offset of the newest entry ever appended (0 when empty)."""

@@ -46,7 +46,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from fieldline_pipeline.clock import IngestClock
 from fieldline_pipeline.connectors.influx import InfluxSink, make_writer
-from fieldline_pipeline.connectors.intake import MQTTIntake
+from fieldline_pipeline.connectors.intake_process import IntakeProcess
 from fieldline_pipeline.connectors.log_source import IngestLogSource, log_path, partition_name
 from fieldline_pipeline.connectors.mqtt import MQTTSink
 from fieldline_pipeline.dataflow import build_dataflow
@@ -87,7 +87,7 @@ def prepare_state_dir(
 
 def _metrics_publisher(
     settings: PipelineSettings,
-    intake: MQTTIntake,
+    intake: IntakeProcess,
     ingest_log: IngestLog,
     clock: IngestClock,
     sink: InfluxSink,
@@ -104,10 +104,10 @@ def _metrics_publisher(
     topic = f"{METRICS_TOPIC_PREFIX}/{settings.instance}"
 
     def publish(snap: dict[str, Any]) -> None:
-        snap["subscribed_clients"] = int(intake.subscribed.is_set())
+        snap["subscribed_clients"] = int(intake.subscribed)
         snap["ingested"] = intake.messages
         # Progress through the ingest log; both survive restarts (offsets).
-        snap["log_high"] = ingest_log.high
+        snap["log_high"] = ingest_log.newest_offset()
         snap["log_next"] = clock.next_offsets().get(partition_name(settings.process_id), 0)
         sink_stats = sink.stats()
         snap["sink_state"] = sink_stats.state
@@ -139,11 +139,14 @@ def run_pipeline(settings: PipelineSettings) -> None:
         settings.state_dir, init_recovery=settings.process_id == 0 or not settings.addresses
     )
     part = partition_name(settings.process_id)
+    # Opened here first, so the schema exists before the intake child writes;
+    # the parent only reads it (progress metrics).
     ingest_log = IngestLog(log_path(ingest_dir, part), sync=settings.ingest_sync)
-    intake = MQTTIntake(
+    intake = IntakeProcess(
         settings.mqtt,
         [TELEMETRY_SUBSCRIPTION, STATUS_SUBSCRIPTION],
-        ingest_log,
+        log_path(ingest_dir, part),
+        settings.ingest_sync,
         client_id=f"{settings.mqtt.client_id_prefix}-{settings.process_id}",
         shared=bool(settings.addresses),
     )
@@ -181,9 +184,19 @@ def run_pipeline(settings: PipelineSettings) -> None:
         intake.stop()  # everything received is now in the log and acknowledged
         source_stop.set()  # the dataflow reads the log to its end, then stops
 
+    intake_failed = threading.Event()
+
+    def watch_intake() -> None:
+        while not stop.wait(0.5):
+            if not intake.alive() and not intake.stopping:
+                log.error("the MQTT intake exited (code %s): stopping", intake.exitcode)
+                intake_failed.set()
+                stop.set()
+
     intake.start()
     reporter.start()
     threading.Thread(target=stop_intake_then_source, name="stopper", daemon=True).start()
+    threading.Thread(target=watch_intake, name="intake-watch", daemon=True).start()
     try:
         cli_main(  # type: ignore[no-untyped-call]
             flow,
@@ -201,6 +214,8 @@ def run_pipeline(settings: PipelineSettings) -> None:
         client.disconnect()
         client.loop_stop()
         log.info("pipeline stopped: %s", METRICS.snapshot())
+    if intake_failed.is_set():
+        raise SystemExit(1)
 
 
 #: How long stopping children get after the first of them failed, before SIGKILL.

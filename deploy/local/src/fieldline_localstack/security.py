@@ -14,9 +14,9 @@ user                    topics
 ======================  ================================================================
 ``<site>/<device>``     write ``fieldline/<site>/<device>/telemetry`` and ``.../status``
                         (its last will goes there too); reads nothing
-``fieldline-pipeline``  read ``fieldline/+/+/telemetry`` (also through ``$share/<group>/``);
-                        write ``fieldline/deadletter/#``, ``fieldline/+/+/alerts``,
-                        ``fieldline/_metrics/pipeline/#``
+``fieldline-pipeline``  read ``fieldline/+/+/telemetry`` and ``.../status`` (also
+                        through ``$share/<group>/``); write ``fieldline/deadletter/#``,
+                        ``fieldline/+/+/alerts``, ``fieldline/_metrics/pipeline/#``
 ``fieldline-sim-<site>``  write ``fieldline/<site>/+/telemetry``, ``fieldline/<site>/+/status``,
                         ``fieldline/_metrics/sim/#``
 ``fieldline-observer``  read ``fieldline/_metrics/#``, ``fieldline/deadletter/#``,
@@ -171,6 +171,7 @@ def acl_text(devices: Mapping[str, Sequence[str]], sim_sites: Iterable[str] = ()
         # Mosquitto 2.0 grants every SUBSCRIBE and checks `read` per delivered
         # message against its real topic, so this also covers $share/<group>/...
         "topic read fieldline/+/+/telemetry",
+        "topic read fieldline/+/+/status",
         "topic write fieldline/deadletter/#",
         "topic write fieldline/+/+/alerts",
         "topic write fieldline/_metrics/pipeline/#",
