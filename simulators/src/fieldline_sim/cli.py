@@ -40,7 +40,7 @@ from fieldline_sim.runner import DEFAULT_CONNECTIONS, Progress, RunConfig, Scena
 from fieldline_sim.scenario import Scenario, load_scenario
 
 app = typer.Typer(
-    help="Simulated device fleets publishing through the edge agent's code.",
+    help="Simulated device fleets, scenario files with injected faults, CSV replay.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -230,18 +230,22 @@ def _scenario(path: Path, duration_s: float | None, seed: int | None, site: str 
 def _fleet_progress(line: ProgressLine) -> Callable[[Progress], None]:
     def show(p: Progress) -> None:
         fraction = p.virtual_s / p.duration_s if p.duration_s > 0 else None
+        acked = 100.0 * p.acked / p.messages if p.messages else 100.0
         line.show(
             fraction,
-            f"{p.wall_s:6.1f}s  virtual {p.virtual_s:,.0f}s  {count(p.devices)} devices  "
-            f"{count(p.readings_per_s)} readings/s  {count(p.readings)} readings  "
-            f"acked {count(p.acked)}/{count(p.messages)}  labels {count(p.labels)}",
+            f"{p.wall_s:5.0f}s  {count(p.devices)} devices  {count(p.readings_per_s)} readings/s  "
+            f"{count(p.readings)} sent  {acked:.1f}% acked  {count(p.labels)} labels",
         )
 
     return show
 
 
 Broker = Annotated[
-    str, typer.Option(envvar="FIELDLINE_BROKER_URL", help="mqtt://[user:pass@]host[:port]")
+    str,
+    typer.Option(
+        envvar="FIELDLINE_BROKER_URL",
+        help="mqtt:// or mqtts://, then user:password@ (optional), host, :port (optional).",
+    ),
 ]
 Username = Annotated[
     Optional[str],

@@ -1,11 +1,12 @@
 """A one-line progress bar with live rates on stderr, redrawn in place.
 
 Shown only when the stream is a terminal and not ``quiet``: logs and pipes get
-nothing but the final report.
+nothing but the final report. Cut to the terminal's width.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 from typing import TextIO
 
@@ -27,6 +28,8 @@ class ProgressLine:
             f = min(max(fraction, 0.0), 1.0)
             filled = int(f * BAR_WIDTH)
             line = f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {f * 100:5.1f}%  {text}"
+        # A line wider than the terminal wraps, and "\r" then redraws only its end.
+        line = line[: max(shutil.get_terminal_size((120, 24)).columns - 1, 20)]
         pad = max(self._width - len(line), 0)
         self._width = len(line)
         self.stream.write("\r" + line + " " * pad)

@@ -272,7 +272,9 @@ class ScenarioRunner:
                 log.warning("%d telemetry messages were not acknowledged", unacked)
             self._offline()
             wall = time.monotonic() - t0
-            self._report(wall, virtual_s, self.readings / max(wall, 1e-9), done=True)
+            finished = not self._stop.is_set() and s.duration_s > 0
+            shown = s.duration_s if finished else virtual_s
+            self._report(wall, shown, self.readings / max(wall, 1e-9), done=True)
         finally:
             self.pool.close()
             if labels_out is not None:
