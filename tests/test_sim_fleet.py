@@ -15,6 +15,7 @@ from fieldline_localstack.mosquitto import Mosquitto
 from fieldline_localstack.processes import fieldline_command as fieldline
 from fieldline_sim.groundtruth import load_readings, load_summary
 from fieldline_sim.labels import Label, labels_topic, load_labels
+from fieldline_sim.metrics import metrics_topic
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
 
@@ -79,7 +80,10 @@ def test_a_1200_device_fleet_over_four_connections_delivers_what_it_published(
     mosquitto: Mosquitto, subscribe: Subscribe, tmp_path: Path
 ) -> None:
     site = f"fleet-{secrets.token_hex(3)}"
-    sub = subscribe(mosquitto.url, [f"fieldline/{site}/+/telemetry", labels_topic(site)])
+    sub = subscribe(
+        mosquitto.url,
+        [f"fieldline/{site}/+/telemetry", labels_topic(site), metrics_topic(f"t-{site}")],
+    )
     scenario = write_scenario(tmp_path / "fleet.toml", site, FLEET)
     gt, labels_file = tmp_path / "gt", tmp_path / "labels.jsonl"
     report = run_fleet(
@@ -96,8 +100,9 @@ def test_a_1200_device_fleet_over_four_connections_delivers_what_it_published(
     labels = load_labels(labels_file)
     assert report["labels"] == len(labels) == 20 + 10 + 5
 
-    total = report["messages"] + report["duplicates"] + report["labels"]
-    msgs = sub.wait_for(lambda ms: len(ms) >= total)
+    total = report["messages"] + report["duplicates"]
+    msgs = sub.wait_for(lambda ms: sum(m.topic.endswith("/telemetry") for m in ms) >= total)
+    msgs = sub.wait_for(lambda ms: sum(m.topic == labels_topic(site) for m in ms) >= len(labels))
     telemetry = [m for m in msgs if m.topic.endswith("/telemetry")]
     batches = [contract.decode_telemetry(m.topic, m.payload) for m in telemetry]
     # Every device on its own topic, whichever connection carried it.
@@ -126,6 +131,13 @@ def test_a_1200_device_fleet_over_four_connections_delivers_what_it_published(
 
     published_labels = [Label.from_json(m.payload) for m in msgs if m.topic == labels_topic(site)]
     assert published_labels == labels
+
+    # The live metrics' last word agrees with the report.
+    msgs = sub.wait_for(lambda ms: any(b'"done":true' in m.payload for m in ms))
+    final = json.loads(next(m.payload for m in msgs if b'"done":true' in m.payload))
+    assert final["published_readings"] == report["readings"]
+    assert final["published_messages"] == final["acked_messages"] == report["messages"]
+    assert final["devices"] == 1200
 
 
 def test_one_connection_per_device_with_statuses(

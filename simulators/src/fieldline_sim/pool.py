@@ -84,7 +84,8 @@ class ClientPool:
         self.keepalive_s = keepalive_s
         self.clients: list[mqtt.Client] = []
         self._births: list[list[tuple[str, Callable[[], bytes]]]] = [[] for _ in brokers]
-        self._pending: list[set[int]] = [set() for _ in brokers]
+        #: Per connection: message id -> whether it is telemetry (see :meth:`publish`).
+        self._pending: list[dict[int, bool]] = [{} for _ in brokers]
         self._connected: list[bool] = [False] * len(brokers)
         self._refused: str | None = None
         self._fds: list[int] = [-1] * len(brokers)
@@ -96,6 +97,8 @@ class ClientPool:
         self._closing = False
         self.published = 0
         self.acked = 0
+        #: The acknowledged messages that were telemetry.
+        self.acked_telemetry = 0
         for i, (broker, cid) in enumerate(zip(brokers, client_ids)):
             c = mqtt.Client(
                 CallbackAPIVersion.VERSION2,
@@ -179,12 +182,18 @@ class ClientPool:
 
     # ------------------------------------------------------------------ publishing
 
-    def publish(self, index: int, topic: str, payload: bytes, qos: int = 1) -> None:
-        """Send (or queue) a message on connection ``index``; QoS 1 ones are counted until acked."""
+    def publish(
+        self, index: int, topic: str, payload: bytes, qos: int = 1, telemetry: bool = True
+    ) -> None:
+        """Send (or queue) a message on connection ``index``; QoS 1 ones are counted until acked.
+
+        ``telemetry`` False: the message (a label, say) counts in ``published``
+        and ``acked`` but not in ``acked_telemetry``.
+        """
         c = self.clients[index]
         info = check_publish(c.publish(topic, payload, qos), topic, qos)
         if qos > 0:
-            self._pending[index].add(info.mid)
+            self._pending[index][info.mid] = telemetry
             self.published += 1
         if c.want_write():
             self._writers.add(index)
@@ -321,7 +330,7 @@ class ClientPool:
         reason_code: ReasonCode,
         properties: object,
     ) -> None:
-        pending = self._pending[userdata]
-        if mid in pending:
-            pending.discard(mid)
+        telemetry = self._pending[userdata].pop(mid, None)
+        if telemetry is not None:
             self.acked += 1
+            self.acked_telemetry += telemetry

@@ -330,7 +330,10 @@ class ScenarioRunner:
         conn = self.connection_of
         for m in messages:
             try:
-                self.pool.publish(conn[m.device], topics[m.device], m.payload)
+                # Second copies are left out of the acknowledged count, as of the published one.
+                self.pool.publish(
+                    conn[m.device], topics[m.device], m.payload, telemetry=not m.duplicate
+                )
             except PublishError as exc:  # not queued by paho: counted as lost
                 log.error("%s: %s", devices[m.device], exc)
                 continue
@@ -349,7 +352,10 @@ class ScenarioRunner:
         if self.config.labels_topic and self.service_connection is not None:
             for label in labels:
                 self.pool.publish(
-                    self.service_connection, self.labels_topic, label.to_json().encode()
+                    self.service_connection,
+                    self.labels_topic,
+                    label.to_json().encode(),
+                    telemetry=False,
                 )
 
     def _offline(self) -> None:
@@ -380,7 +386,7 @@ class ScenarioRunner:
                     c.scenario.duration_s,
                     self.readings,
                     self.messages,
-                    self.messages + self.duplicates - self.pool.unacked,
+                    self.pool.acked_telemetry,
                     rate,
                     c.scenario.devices,
                     self.n_device_connections,
@@ -392,7 +398,7 @@ class ScenarioRunner:
         metrics = FleetMetrics(
             self.readings,
             self.messages,
-            self.messages + self.duplicates - self.pool.unacked,
+            self.pool.acked_telemetry,
             rate,
             c.scenario.devices,
             int(time.time() * 1000),
