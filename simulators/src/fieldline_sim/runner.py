@@ -50,6 +50,8 @@ ACK_TIMEOUT_S = 60.0
 #: (paho's message ids are 16 bits; this also bounds memory at --speed 0).
 MAX_UNACKED_PER_CONNECTION = 20_000
 MAX_UNACKED = 200_000
+#: Warn (once) when a tick goes out this late (seconds).
+LAG_WARNING_S = 5.0
 #: Default number of shared connections.
 DEFAULT_CONNECTIONS = 4
 
@@ -258,7 +260,12 @@ class ScenarioRunner:
                 if self._stop.is_set():
                     break
                 if c.speed > 0:
-                    max_lag = max(max_lag, time.monotonic() - due)
+                    lag = time.monotonic() - due
+                    if lag > LAG_WARNING_S and max_lag <= LAG_WARNING_S:
+                        # Late ticks are sent at once, never skipped: the data stay
+                        # complete, only the pace falls behind.
+                        log.warning("running %.1f s behind schedule; catching up", lag)
+                    max_lag = max(max_lag, lag)
                 if tick.labels:
                     self._labels(tick.labels, labels_out)
                 self._send(tick.messages, gt)

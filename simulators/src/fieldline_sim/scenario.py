@@ -150,6 +150,8 @@ class Scenario:
     duration_s: float
     groups: tuple[GroupConfig, ...]
     faults: tuple[FaultConfig, ...] = ()
+    #: Where it came from, for error messages.
+    source: str = field(default="scenario", compare=False)
 
     @property
     def devices(self) -> int:
@@ -163,7 +165,7 @@ class Scenario:
     def replace(self, **changes: Any) -> Scenario:
         values = {k: getattr(self, k) for k in self.__dataclass_fields__}
         values.update(changes)
-        return check_runnable(Scenario(**values), "scenario")
+        return check_runnable(Scenario(**values), self.source)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -213,6 +215,7 @@ def parse_scenario(raw: Mapping[str, Any], source: str = "scenario") -> Scenario
         duration_s=r.number("duration_s", 60.0, minimum=0.0),
         groups=checked,
         faults=tuple(faults),
+        source=source,
     )
     r.done()
     return check_runnable(scenario, source)
@@ -224,7 +227,7 @@ def check_runnable(s: Scenario, source: str) -> Scenario:
         for i, f in enumerate(s.faults):
             if f.count is not None:
                 raise ScenarioError(
-                    f"{source}: faults[{i}].count: needs a finite duration_s "
+                    f"{source}: faults[{i}].count: needs a finite duration_s, not 0 "
                     "(use rate_per_hour for a run until stopped)"
                 )
     return s
