@@ -327,3 +327,48 @@ def test_tls_acls_and_anonymous_refusal(
     assert "refused the connection" in text, text[-2000:]
     assert "kept in the spool" in text
     rec.close()
+
+
+def test_a_client_certificate_when_the_broker_requires_one(
+    broker_security: BrokerSecurity, tmp_path: Path
+) -> None:
+    sec = broker_security
+    broker = Mosquitto(tmp_path / "broker", security=sec, require_certificate=True).start()
+    try:
+        cred = sec.device(SECURE_SITE, "dev-0003")
+        reader = sec.pipeline
+        plain = parse_broker_url(broker.url)
+        topic = contract.telemetry_topic(SECURE_SITE, "dev-0003")
+        rec = Recorder(
+            f"mqtt://{reader.username}:{reader.password}@{plain.host}:{plain.port}", [topic]
+        )
+        tls = f'username = "{cred.username}"\nca_file = "{sec.ca_file}"\n'
+        with_cert = (
+            tls + f'cert_file = "{sec.client_cert_file}"\nkey_file = "{sec.client_key_file}"'
+        )
+        for name, mqtt_keys, delivered in (("without", tls, False), ("with", with_cert, True)):
+            d = tmp_path / name
+            d.mkdir()
+            conf = write_config(d / "edge.toml", broker.tls_url, "dev-0003",
+                                site=SECURE_SITE, mqtt=mqtt_keys)  # fmt: skip
+            log = d / "agent.log"
+            agent = start_agent(conf, log, FIELDLINE_MQTT_PASSWORD=cred.password)
+            if delivered:
+                try:
+                    rec.wait_for(lambda ms: len(ms) >= 2)
+                finally:
+                    stop_agent(agent, log)
+            else:
+                # The broker closes the TLS session without a certificate: no CONNACK.
+                failed = ("cannot reach", "closed before it was accepted", "refused")
+                deadline = time.monotonic() + WAIT_S
+                while time.monotonic() < deadline and not any(f in log.read_text() for f in failed):
+                    time.sleep(0.2)
+                text = stop_agent(agent, log)
+                assert any(f in text for f in failed), text[-2000:]
+                assert "connected to" not in text
+                assert "kept in the spool" in text
+                assert rec.messages == []
+        rec.close()
+    finally:
+        broker.stop()

@@ -411,6 +411,15 @@ class Connection:
                     reason_code,
                     delay,
                 )
+            elif self._refused is None:
+                # Closed before CONNACK: e.g. a broker that wants a client
+                # certificate ends the TLS session after the handshake.
+                log.warning(
+                    "connection to %s closed before it was accepted (%s); retrying in %d s",
+                    self.broker,
+                    reason_code,
+                    delay,
+                )
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         # paho swallows the OSError here; the next attempt follows the backoff.
