@@ -24,6 +24,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from multiprocessing.sharedctypes import Synchronized
@@ -59,13 +60,15 @@ def _child(
     parent_pid: int,
     log_level: int,
     log_format: str,
-    stop: Any,
     messages: Synchronized[int],
     subscribed: Synchronized[int],
 ) -> None:
     _die_with_parent()
-    # The parent coordinates every stop; a Ctrl-C on the terminal reaches the
-    # whole process group, and must not tear the intake down half-way.
+    # The parent coordinates every stop, with SIGTERM (a lock shared with the
+    # parent could be left held by a process killed while holding it); a Ctrl-C
+    # on the terminal reaches the whole process group, and must not tear the
+    # intake down half-way.
+    stop = threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_a: stop.set())
     logging.basicConfig(level=log_level, format=log_format)
@@ -98,7 +101,6 @@ class IntakeProcess:
         shared: bool,
     ) -> None:
         ctx = mp.get_context("spawn")  # no fork of a process that runs threads
-        self._stop = ctx.Event()
         self._messages: Synchronized[int] = ctx.Value("q", 0, lock=False)
         self._subscribed: Synchronized[int] = ctx.Value("b", 0, lock=False)
         fields = {
@@ -120,8 +122,7 @@ class IntakeProcess:
             target=_child,
             args=(
                 fields, filters, str(log_file), sync, client_id, shared, os.getpid(),
-                root.level, fmt or logging.BASIC_FORMAT, self._stop, self._messages,
-                self._subscribed,
+                root.level, fmt or logging.BASIC_FORMAT, self._messages, self._subscribed,
             ),
             name="fieldline-intake",
             daemon=True,
@@ -150,7 +151,9 @@ class IntakeProcess:
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Commit and acknowledge everything received, disconnect, and wait."""
         self.stopping = True
-        self._stop.set()
+        if self._proc.pid is not None and self._proc.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         self._proc.join(timeout_s)
         if self._proc.is_alive():
