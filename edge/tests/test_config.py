@@ -154,3 +154,22 @@ def test_a_file_that_is_not_toml_says_where(tmp_path: Path) -> None:
         load_config(str(conf), env={})
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(str(tmp_path / "missing.toml"), env={})
+
+
+def test_environment_overrides_keys_that_are_also_in_the_file(tmp_path: Path) -> None:
+    ca, other = tmp_path / "ca.crt", tmp_path / "other-ca.crt"
+    ca.write_text("file's\n")
+    other.write_text("env's\n")
+    secret = tmp_path / "pw"
+    secret.write_text("from-env-file\n")
+    text = (
+        MINIMAL.replace("mqtt://127.0.0.1:1883", "mqtts://127.0.0.1:8883")
+        .replace("[mqtt]", f'[mqtt]\nusername = "u"\npassword_file = "missing"\nca_file = "{ca}"')
+    )
+    cfg = parse(
+        text,
+        {"FIELDLINE_MQTT_PASSWORD_FILE": str(secret), "FIELDLINE_MQTT_CA_FILE": str(other)},
+    )
+    assert cfg.mqtt.broker.password == "from-env-file"
+    assert cfg.mqtt.tls is not None
+    assert cfg.mqtt.tls.ca_file == str(other)

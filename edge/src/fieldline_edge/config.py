@@ -175,7 +175,7 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str], base_dir: str 
     keepalive = mq.integer("keepalive_s", 30, 5, 65535)
     files = {}
     for name in ("ca_file", "cert_file", "key_file"):
-        value = rel(env.get(ENV_PREFIX + name.upper()) or mq.opt_text(name))
+        value = rel(_env_or(env, name.upper(), lambda name=name: mq.opt_text(name)))
         if value:
             key = _env_key(env, name.upper(), f"mqtt.{name}")
             if not broker.tls:
@@ -354,8 +354,11 @@ def _only(data: Mapping[str, Any], prefix: str, allowed: tuple[str, ...]) -> Non
 
 
 def _env_or(env: Mapping[str, str], name: str, fallback: Callable[[], Any]) -> Any:
+    # The file's value is read (and checked) even when the environment overrides
+    # it, so a key present in both is not taken for an unknown one.
+    from_file = fallback()
     value = env.get(ENV_PREFIX + name)
-    return value if value else fallback()
+    return value if value else from_file
 
 
 def _env_key(env: Mapping[str, str], name: str, key: str) -> str:
