@@ -162,9 +162,8 @@ def test_environment_overrides_keys_that_are_also_in_the_file(tmp_path: Path) ->
     other.write_text("env's\n")
     secret = tmp_path / "pw"
     secret.write_text("from-env-file\n")
-    text = (
-        MINIMAL.replace("mqtt://127.0.0.1:1883", "mqtts://127.0.0.1:8883")
-        .replace("[mqtt]", f'[mqtt]\nusername = "u"\npassword_file = "missing"\nca_file = "{ca}"')
+    text = MINIMAL.replace("mqtt://127.0.0.1:1883", "mqtts://127.0.0.1:8883").replace(
+        "[mqtt]", f'[mqtt]\nusername = "u"\npassword_file = "missing"\nca_file = "{ca}"'
     )
     cfg = parse(
         text,
