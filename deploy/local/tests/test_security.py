@@ -318,6 +318,7 @@ def test_the_pipeline_and_the_observer_get_exactly_their_topics(connect: Any) ->
         (pipeline, f"fieldline/{SECURE_SITE}/{DEV_A}/alerts"),
         (pipeline, "fieldline/_metrics/pipeline/p1"),
         (sim, "fieldline/_metrics/sim/s1"),
+        (sim, f"fieldline/_labels/{SECURE_SITE}"),
         (sim, f"fieldline/{SECURE_SITE}/{DEV_B}/status"),
     ]
     denied = [
@@ -325,6 +326,7 @@ def test_the_pipeline_and_the_observer_get_exactly_their_topics(connect: Any) ->
         (pipeline, f"fieldline/{SECURE_SITE}/{DEV_A}/status"),
         (sim, "fieldline/other-site/dev-0001/status"),
         (sim, "fieldline/_metrics/pipeline/s1"),
+        (sim, "fieldline/_labels/other-site"),
         (observer, "fieldline/_metrics/sim/o1"),
     ]
     for peer, topic in denied + allowed:

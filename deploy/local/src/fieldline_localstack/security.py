@@ -18,9 +18,10 @@ user                    topics
                         through ``$share/<group>/``); write ``fieldline/deadletter/#``,
                         ``fieldline/+/+/alerts``, ``fieldline/_metrics/pipeline/#``
 ``fieldline-sim-<site>``  write ``fieldline/<site>/+/telemetry``, ``fieldline/<site>/+/status``,
-                        ``fieldline/_metrics/sim/#``
+                        ``fieldline/_labels/<site>``, ``fieldline/_metrics/sim/#``
 ``fieldline-observer``  read ``fieldline/_metrics/#``, ``fieldline/deadletter/#``,
-                        ``fieldline/+/+/status``, ``fieldline/+/+/alerts``
+                        ``fieldline/+/+/status``, ``fieldline/+/+/alerts``,
+                        ``fieldline/_labels/#``
 ======================  ================================================================
 
 Device user names contain ``/``, which no id may contain, so ``<site>/<device>``
@@ -182,6 +183,7 @@ def acl_text(devices: Mapping[str, Sequence[str]], sim_sites: Iterable[str] = ()
             f"user {sim_username(site)}",
             f"topic write fieldline/{site}/+/telemetry",
             f"topic write fieldline/{site}/+/status",
+            f"topic write fieldline/_labels/{site}",
             "topic write fieldline/_metrics/sim/#",
         ]
     lines += [
@@ -191,6 +193,7 @@ def acl_text(devices: Mapping[str, Sequence[str]], sim_sites: Iterable[str] = ()
         "topic read fieldline/deadletter/#",
         "topic read fieldline/+/+/status",
         "topic read fieldline/+/+/alerts",
+        "topic read fieldline/_labels/#",
     ]
     return "\n".join(lines) + "\n"
 
