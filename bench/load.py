@@ -64,6 +64,17 @@ def value(device: int, i: int) -> float:
     return float((i * 7 + device * 13) % 1000) / 8.0
 
 
+#: Messages of a device before its first spike: the detectors' warm-up (100-150
+#: readings of a series) at 5 readings of each sensor per message, with margin.
+SPIKE_WARMUP_MSGS = 60
+
+
+def spike(k: int) -> float:
+    """The ``k``-th spike of a device (k >= 1). Each goes past the one before, so
+    each leaves the recent range again (what the default detector looks for)."""
+    return 1000.0 * k
+
+
 def messages(spec: LoadSpec) -> list[tuple[str, bytes]]:
     """Every message of ``spec``, in publish order (round robin over the devices)."""
     topics = [
@@ -175,22 +186,27 @@ def paced_process(
     batch: int,
     msgs_per_s: float,
     duration_s: float,
+    spike_every: int,
     go: Any,
     results: Any,
 ) -> None:
     """Publish ``msgs_per_s`` messages per second round robin over the devices for
     ``duration_s``, every reading stamped with its publish time (wall clock, ms).
 
-    Reports ``(device, seq, ts)`` of every message, for latency and ground truth.
+    With ``spike_every``, every that many messages of a device (after a warm-up)
+    carries a spike in its first reading (:func:`spike`), for alert latency.
+    Reports ``(device, seq, ts, spike index or 0)`` of every message, for latency
+    and ground truth.
     """
     acks = _Acks()
     client = _connect(host, port, client_id, acks)
     results.put(("ready", client_id, []))
     go.wait()
-    sent: list[tuple[int, int, int]] = []
+    sent: list[tuple[int, int, int, int]] = []
     t0 = time.monotonic()
     n = 0
     seqs = [0] * devices
+    spikes = [0] * devices
     while True:
         due = t0 + n / msgs_per_s
         now = time.monotonic()
@@ -203,9 +219,14 @@ def paced_process(
         ts = int(time.time() * 1000)
         seqs[d] += 1
         readings = [Reading(SENSORS[j % 2], ts, value(dev, j), UNITS[j % 2]) for j in range(batch)]
+        k = 0
+        if spike_every and seqs[d] >= SPIKE_WARMUP_MSGS and seqs[d] % spike_every == 0:
+            spikes[d] += 1
+            k = spikes[d]
+            readings[0] = readings[0]._replace(value=readings[0].value + spike(k))
         payload = encode_telemetry(device_name(dev), seqs[d], readings)
         client.publish(telemetry_topic(site, device_name(dev)), payload, qos=1)
-        sent.append((dev, seqs[d], ts))
+        sent.append((dev, seqs[d], ts, k))
         n += 1
     acks.wait(n, 120)
     client.disconnect()

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
+from fieldline_edge.contract import alerts_topic, decode_alert
 from fieldline_localstack.influxdb import InfluxDB
 from fieldline_localstack.processes import fieldline_command, terminate
 from paho.mqtt.enums import CallbackAPIVersion
@@ -270,6 +271,36 @@ def compare(
         "windows_extra": sum(1 for k in stored if k not in expected),
         "windows_wrong": wrong,
     }
+
+
+class AlertRecorder:
+    """Subscribes to one site's alerts; ``seen[(device, sensor, reading ts)]`` is
+    when (wall clock, ms) the first alert for that reading arrived."""
+
+    def __init__(self, host: str, port: int, site: str) -> None:
+        self.seen: dict[tuple[str, str, int], float] = {}
+        self._lock = threading.Lock()
+        subscribed = threading.Event()
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"alerts-{site}", protocol=mqtt.MQTTv311
+        )
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = lambda *_a: subscribed.set()
+        self._client.connect(host, port)
+        self._client.loop_start()
+        self._client.subscribe(alerts_topic(site, "+"), qos=1)
+        if not subscribed.wait(30):
+            raise RuntimeError("alert subscription not acknowledged")
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        now = time.time() * 1000
+        alert = decode_alert(bytes(msg.payload))
+        with self._lock:
+            self.seen.setdefault((alert.device, alert.sensor, alert.ts), now)
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
 
 
 class WriteRecorder:

@@ -31,6 +31,7 @@ Environment variables override the file, so secrets need not be in it:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -175,7 +176,7 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str], base_dir: str 
     keepalive = mq.integer("keepalive_s", 30, 5, 65535)
     files = {}
     for name in ("ca_file", "cert_file", "key_file"):
-        value = rel(_env_or(env, name.upper(), lambda name=name: mq.opt_text(name)))
+        value = rel(_env_or(env, name.upper(), functools.partial(mq.opt_text, name)))
         if value:
             key = _env_key(env, name.upper(), f"mqtt.{name}")
             if not broker.tls:
