@@ -256,6 +256,7 @@ def demo_command(
             faults = _spawn(
                 [
                     "sim", "fleet", str(FAULTS_SCENARIO), "--duration-s", str(sim_seconds),
+                    "--ground-truth", str(root / "faults-ground-truth"),
                     "--instance", FAULTS_INSTANCE, "--quiet",
                 ],
                 env,
@@ -287,12 +288,12 @@ def demo_command(
             bad.loop_stop()
         _stop(sim, STOP_TIMEOUT_S)
         _stop(faults, STOP_TIMEOUT_S)
-        summary_file = root / "ground-truth" / "summary.json"
-        published = (
-            json.loads(summary_file.read_text())["published_readings"]
-            if summary_file.exists()
-            else 0
-        )
+        # Both fleets record what they published (the broker acknowledged).
+        published = 0
+        for folder in ("ground-truth", "faults-ground-truth"):
+            summary_file = root / folder / "summary.json"
+            if summary_file.exists():
+                published += int(json.loads(summary_file.read_text())["published_readings"])
         # Let the pipeline take in everything the simulator published, then stop it:
         # its end of input closes and writes every open window.
         watch.wait_for(lambda w: w.total("pipeline", "readings") >= published, CATCH_UP_TIMEOUT_S)
@@ -316,4 +317,5 @@ def demo_command(
             shutil.rmtree(root, ignore_errors=True)
     if interrupted and seconds <= 0:
         _err.print("stopped.")
+    _err.print()  # the live table leaves the cursor at the end of its last line
     print(json.dumps(result), flush=True)
