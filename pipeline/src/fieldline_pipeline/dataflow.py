@@ -14,8 +14,9 @@ State is keyed by ``site/device``; Bytewax routes each device to one worker.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -49,6 +50,8 @@ from fieldline_pipeline.windows import DeviceWindows, WindowConfig, WindowResult
 __all__ = ["TELEMETRY_SUBSCRIPTION", "build_dataflow", "decode_message", "window_line"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 WINDOW_MEASUREMENT = "reading_window"
 STATUS_MEASUREMENT = "device_status"
@@ -208,24 +211,21 @@ class _WindowLogic(StatefulBatchLogic[Accepted, WindowResult | Anomaly, dict[str
         return snap
 
 
-def _status_line_or_none(metrics: PipelineMetrics) -> Any:
-    def to_line(u: StatusUpdate) -> str | None:
+def _writable(
+    what: str, fmt: Callable[[T], str], metrics: PipelineMetrics
+) -> Callable[[T], str | None]:
+    """``fmt`` that costs the point, never the pipeline, when it cannot be written.
+
+    The contract keeps values, ids and units writable; should a point still not
+    fit line protocol, it is logged and counted and dropped: a crash here would
+    repeat on every replay of the same input.
+    """
+
+    def to_line(item: T) -> str | None:
         try:
-            return status_line(u)
+            return fmt(item)
         except ValueError:
-            log.exception("status cannot be written as line protocol: %r", u)
-            metrics.on_unwritable_window()
-            return None
-
-    return to_line
-
-
-def _anomaly_line_or_none(metrics: PipelineMetrics) -> Any:
-    def to_line(kv: tuple[str, Anomaly]) -> str | None:
-        try:
-            return anomaly_line(kv[1])
-        except ValueError:  # as for windows: costs the point, never the pipeline
-            log.exception("anomaly cannot be written as line protocol: %r", kv[1])
+            log.exception("%s cannot be written as line protocol: %r", what, item)
             metrics.on_unwritable_window()
             return None
 
@@ -280,22 +280,20 @@ def build_dataflow(
         by_kind = op.branch("anomaly_or_window", results, lambda kv: isinstance(kv[1], Anomaly))
         found, windows = by_kind.trues, by_kind.falses
 
-    def to_line(kv: tuple[str, WindowResult]) -> str | None:
-        # The contract keeps values and units writable; should a window still not
-        # fit line protocol, it costs that window (logged, counted), never the
-        # pipeline: a crash here would repeat on every replay of the same input.
-        try:
-            return window_line(kv[1])
-        except ValueError:
-            log.exception("window cannot be written as line protocol: %r", kv[1])
-            metrics.on_unwritable_window()
-            return None
+    def keyed_window(kv: tuple[str, WindowResult]) -> str:
+        return window_line(kv[1])
 
-    lines = op.filter_map("window_line", windows, to_line)
-    status_lines = op.filter_map("status_line", statuses, _status_line_or_none(metrics))
-    all_lines = [lines, status_lines]
+    def keyed_anomaly(kv: tuple[str, Anomaly]) -> str:
+        return anomaly_line(kv[1])
+
+    window_lines = _writable("window", keyed_window, metrics)
+    all_lines = [
+        op.filter_map("window_line", windows, window_lines),
+        op.filter_map("status_line", statuses, _writable("status", status_line, metrics)),
+    ]
     if found is not None:
-        all_lines.append(op.filter_map("anomaly_line", found, _anomaly_line_or_none(metrics)))
+        anomaly_lines = _writable("anomaly", keyed_anomaly, metrics)
+        all_lines.append(op.filter_map("anomaly_line", found, anomaly_lines))
         alerts = op.map("alert_encode", found, lambda kv: anomaly_alert(kv[1]))
         dead = op.merge("mqtt_messages", dead, alerts)
     op.output("dead_letters_out", dead, dead_letter_sink)
