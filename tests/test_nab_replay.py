@@ -27,7 +27,7 @@ DEVICE = "exchange-4_cpc_results"
 
 
 def nab_dir() -> Path:
-    path = Path(os.environ.get("FIELDLINE_NAB_DIR") or REPO.parent / "shared" / "nab")
+    path = Path(os.environ.get("FIELDLINE_NAB_DIR") or REPO / "third_party" / "nab")
     assert (path / "data" / NAB_FILE).is_file(), f"no NAB data at {path}"
     return path
 

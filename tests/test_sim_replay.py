@@ -20,7 +20,7 @@ from fieldline_sim.replay import parse_timestamp, replay_paths
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
 
 Subscribe = Callable[[str, list[str]], Any]
-NAB = Path(__file__).resolve().parents[2] / "shared" / "nab" / "data"
+NAB = Path(__file__).resolve().parents[1] / "third_party" / "nab" / "data"
 
 
 def received_series(msgs: list[Any]) -> dict[str, list[tuple[int, float]]]:

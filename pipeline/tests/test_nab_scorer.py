@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def nab_dir() -> Path:
-    """The NAB copy next to the repository (shared/nab), or FIELDLINE_NAB_DIR."""
-    path = Path(os.environ.get("FIELDLINE_NAB_DIR") or REPO.parent / "shared" / "nab")
+    """The NAB copy in the repository (third_party/nab), or FIELDLINE_NAB_DIR."""
+    path = Path(os.environ.get("FIELDLINE_NAB_DIR") or REPO / "third_party" / "nab")
     assert (path / "labels" / "combined_windows.json").is_file(), f"no NAB data at {path}"
     return path
 

@@ -1,6 +1,6 @@
 """The Numenta Anomaly Benchmark's files: data, anomaly windows and cost profiles.
 
-Layout of a NAB directory (``/work/shared/nab`` or a checkout of numenta/NAB)::
+Layout of a NAB directory (``third_party/nab`` in this repository, or a checkout of numenta/NAB)::
 
     data/<category>/<name>.csv           timestamp,value (timestamps "YYYY-MM-DD HH:MM:SS")
     labels/combined_windows.json         "<category>/<name>.csv" -> [[start, end], ...]
