@@ -128,3 +128,19 @@ def test_columns_group_by_sensor_in_arrival_order_and_keep_per_reading_units() -
     assert by["t"].values == [1.0, 2.0, 3.0]
     assert by["t"].units == ["C", "F", "C"]
     assert by["h"].units == ["%"]
+
+
+def test_a_full_name_cache_starts_over_without_trusting_an_empty_sensor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fieldline_pipeline import decode
+
+    monkeypatch.setattr(decode, "_CACHE_MAX", 2)
+    monkeypatch.setattr(decode, "_good_sensors", set())
+    monkeypatch.setattr(decode, "_good_units", {""})
+    for i in range(5):  # fills and resets both caches
+        decode_columns(TOPIC, encode_telemetry("d1", i, [Reading(f"s{i}", T0, 1.0, f"u{i}")]))
+    bad = b'{"schema":"fieldline.telemetry/1","device":"d1","seq":9,"readings":[{"sensor":"","ts":1700000000000,"value":1}]}'  # noqa: E501
+    assert outcome(decode_columns, TOPIC, bad, None) == "bad_id"
+    ok = encode_telemetry("d1", 10, [Reading("t", T0, 1.0)])  # the empty unit stays valid
+    assert outcome(decode_columns, TOPIC, ok, None) == outcome(decode_telemetry, TOPIC, ok, None)

@@ -17,7 +17,8 @@ checks both agree on generated valid and invalid messages.
 
 from __future__ import annotations
 
-from typing import Annotated, NamedTuple
+from collections.abc import Hashable, Iterable
+from typing import Annotated, NamedTuple, TypeVar
 
 import msgspec
 from fieldline_edge.contract import (
@@ -36,7 +37,9 @@ from fieldline_edge.contract import (
 )
 from fieldline_edge.contract import _unit_ok as unit_ok
 
-__all__ = ["Columns", "Series", "columns_of", "decode_columns"]
+__all__ = ["Columns", "Series", "columns_of", "decode_columns", "group_indices"]
+
+K = TypeVar("K", bound=Hashable)
 
 
 class Series(NamedTuple):
@@ -89,8 +92,9 @@ _good_units: set[str] = {""}
 
 def _remember(cache: set[str], value: str) -> None:
     if len(cache) >= _CACHE_MAX:
-        cache.clear()
-        cache.add("")  # keeps _good_units' default; harmless for sensor names
+        # Start over from what the cache was built with: the empty unit is
+        # valid, an empty sensor name is not.
+        cache.intersection_update(("",) if cache is _good_units else ())
     cache.add(value)
 
 
@@ -180,19 +184,24 @@ def _check(sensor: str, unit: str) -> None:
         _remember(_good_units, unit)
 
 
+def group_indices(keys: Iterable[K]) -> dict[K, list[int]]:
+    """The positions of each key, in order of first appearance."""
+    idx: dict[K, list[int]] = {}
+    for i, k in enumerate(keys):
+        ix = idx.get(k)
+        if ix is None:
+            idx[k] = [i]
+        else:
+            ix.append(i)
+    return idx
+
+
 def _split(
     sensors: list[str], ts: list[int], values: list[float], units: str | list[str]
 ) -> list[Series]:
     """Group readings by sensor, keeping arrival order within each sensor."""
-    idx: dict[str, list[int]] = {}
-    for i, s in enumerate(sensors):
-        ix = idx.get(s)
-        if ix is None:
-            idx[s] = [i]
-        else:
-            ix.append(i)
     out: list[Series] = []
-    for s, ix in idx.items():
+    for s, ix in group_indices(sensors).items():
         out.append(
             Series(
                 s,

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 from fieldline_edge.contract import Telemetry
 
 from fieldline_pipeline.aggregates import Agg
-from fieldline_pipeline.decode import Columns, Series, columns_of
+from fieldline_pipeline.decode import Columns, Series, columns_of, group_indices
 
 #: How many recent sequence numbers per device are remembered for deduplication.
 SEQ_WINDOW = 4096
@@ -109,16 +109,8 @@ def _partials(series: Series, width: int) -> list[tuple[int, Agg, str]]:
     start = lo - lo % width
     if hi < start + width:  # the usual case: the whole message in one window
         return [(start, Agg.of(ts, values), units if isinstance(units, str) else units[0])]
-    groups: dict[int, list[int]] = {}
-    for i, t in enumerate(ts):
-        s = t - t % width
-        g = groups.get(s)
-        if g is None:
-            groups[s] = [i]
-        else:
-            g.append(i)
     out: list[tuple[int, Agg, str]] = []
-    for s, ix in groups.items():
+    for s, ix in group_indices([t - t % width for t in ts]).items():
         out.append(
             (
                 s,
