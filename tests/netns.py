@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import subprocess
+import time
+from pathlib import Path
 from types import TracebackType
+
+from fieldline_localstack._process import find_binary
 
 
 def _sudo() -> list[str]:
@@ -63,3 +68,24 @@ class NetNamespace:
         self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def start_broker_in(ns: NetNamespace, state: Path) -> subprocess.Popen[bytes]:
+    """Mosquitto inside the namespace, persistent, listening on all its addresses."""
+    state.mkdir()
+    conf = state / "mosquitto.conf"
+    conf.write_text(
+        "listener 1883 0.0.0.0\nallow_anonymous true\npersistence true\n"
+        f"persistence_location {state}/\nautosave_interval 1\nmax_queued_messages 1000000\n"
+        f"log_dest file {state}/mosquitto.log\n" + ("user root\n" if os.geteuid() == 0 else "")
+    )
+    proc = subprocess.Popen([*ns.prefix(), find_binary("mosquitto", "mosquitto"), "-c", str(conf)])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((ns.ns_ip, 1883), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"mosquitto in {ns.name} did not start")

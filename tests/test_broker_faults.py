@@ -4,21 +4,18 @@ the persistent session holds QoS 1 messages, the intake takes them when it is ba
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fieldline_localstack._process import find_binary
 from fieldline_localstack.influxdb import InfluxDB
 from fieldline_localstack.mosquitto import Mosquitto
 from fieldline_localstack.processes import fieldline_command as fieldline
 from groundtruth_check import assert_windows_match_ground_truth
-from netns import NetNamespace
+from netns import NetNamespace, start_broker_in
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
 
@@ -110,27 +107,6 @@ def test_broker_restart_while_the_pipeline_is_down_loses_nothing(
     assert pipeline.stop() == 0, pipeline.log_text()[-3000:]
     stored = assert_windows_match_ground_truth(influxdb, influx_db, gt, WINDOW_MS)
     assert stored == summary["published_readings"]
-
-
-def start_broker_in(ns: Any, state: Path) -> subprocess.Popen[bytes]:
-    """Mosquitto inside the namespace, listening on all of its addresses."""
-    state.mkdir()
-    conf = state / "mosquitto.conf"
-    conf.write_text(
-        "listener 1883 0.0.0.0\nallow_anonymous true\npersistence true\n"
-        f"persistence_location {state}/\nautosave_interval 1\nmax_queued_messages 1000000\n"
-        f"log_dest file {state}/mosquitto.log\n" + ("user root\n" if os.geteuid() == 0 else "")
-    )
-    proc = subprocess.Popen([*ns.prefix(), find_binary("mosquitto", "mosquitto"), "-c", str(conf)])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((ns.ns_ip, 1883), timeout=1).close()
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"mosquitto in {ns.name} did not start")
 
 
 def test_network_partition_between_broker_and_pipeline_loses_nothing(

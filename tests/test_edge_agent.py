@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import sqlite3
 import subprocess
 import threading
@@ -19,13 +18,12 @@ import pytest
 from fieldline_edge import contract
 from fieldline_edge.mqtt import parse_broker_url
 from fieldline_edge.sensors import SimulatedSensor
-from fieldline_localstack._process import find_binary
 from fieldline_localstack.mosquitto import Mosquitto
 from fieldline_localstack.processes import fieldline_command as fieldline
 from fieldline_localstack.processes import terminate
 from fieldline_localstack.pytest_plugin import SECURE_SITE
 from fieldline_localstack.security import BrokerSecurity
-from netns import NetNamespace
+from netns import NetNamespace, start_broker_in
 from paho.mqtt.enums import CallbackAPIVersion
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
@@ -217,27 +215,6 @@ def test_kill_9_while_replaying_loses_nothing_spooled(
         [r for t in sorted(first_run, key=lambda t: t.seq) for r in t.readings]
     )
     rec.close()
-
-
-def start_broker_in(ns: NetNamespace, state: Path) -> subprocess.Popen[bytes]:
-    """Mosquitto inside the namespace, persistent, listening on all its addresses."""
-    state.mkdir()
-    conf = state / "mosquitto.conf"
-    conf.write_text(
-        "listener 1883 0.0.0.0\nallow_anonymous true\npersistence true\n"
-        f"persistence_location {state}/\nautosave_interval 1\n"
-        f"log_dest file {state}/mosquitto.log\n" + ("user root\n" if os.geteuid() == 0 else "")
-    )
-    proc = subprocess.Popen([*ns.prefix(), find_binary("mosquitto", "mosquitto"), "-c", str(conf)])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((ns.ns_ip, 1883), timeout=1).close()
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"mosquitto in {ns.name} did not start")
 
 
 def test_network_cut_every_reading_arrives_once_in_order(tmp_path: Path) -> None:
