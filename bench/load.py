@@ -22,7 +22,12 @@ from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
-from fieldline_edge.contract import Reading, encode_telemetry, telemetry_topic
+from fieldline_edge.contract import (
+    SCHEMA_TELEMETRY_V1,
+    Reading,
+    encode_telemetry,
+    telemetry_topic,
+)
 from paho.mqtt.enums import CallbackAPIVersion
 
 SENSORS = ("temperature", "humidity")
@@ -50,6 +55,7 @@ class LoadSpec:
     base_ts: int
     dt_ms: int = 1
     seq0: int = 1
+    schema: str = SCHEMA_TELEMETRY_V1
 
     @property
     def messages(self) -> int:
@@ -90,7 +96,8 @@ def messages(spec: LoadSpec) -> list[tuple[str, bytes]]:
                 Reading(SENSORS[i % 2], spec.base_ts + i * spec.dt_ms, value(d, i), UNITS[i % 2])
                 for i in range(first, first + spec.batch)
             ]
-            out.append((topic, encode_telemetry(device_name(d), spec.seq0 + k, readings)))
+            payload = encode_telemetry(device_name(d), spec.seq0 + k, readings, spec.schema)
+            out.append((topic, payload))
     return out
 
 

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from fieldline_edge.contract import SCHEMA_TELEMETRY_V1, SCHEMA_TELEMETRY_V2
 from fieldline_localstack.influxdb import InfluxDB
 from fieldline_localstack.mosquitto import Mosquitto
 from fieldline_localstack.processes import fieldline_command
@@ -34,6 +35,7 @@ from bench.load import (
     Publishers,
     device_name,
     expected_windows,
+    messages,
     paced_process,
     publish_process,
     spike,
@@ -56,6 +58,9 @@ from bench.profile import summarise
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCHES = (1, 10, 100)
+#: Batch sizes also run in the columnar schema (a batch of one is the same in both).
+BATCHES_V2 = (10, 100)
+V1, V2 = SCHEMA_TELEMETRY_V1, SCHEMA_TELEMETRY_V2
 #: Messages per drain measurement, by readings per message (~10 s each here).
 DRAIN_MESSAGES = {1: 300_000, 10: 240_000, 100: 60_000}
 #: Messages per pipeline throughput run (~10-30 s each here).
@@ -129,13 +134,14 @@ class Bench:
 
     # (a) -----------------------------------------------------------------
 
-    def drain(self, batch: int) -> dict[str, Any]:
+    def drain(self, batch: int, schema: str = SCHEMA_TELEMETRY_V1) -> dict[str, Any]:
         count = self.n(DRAIN_MESSAGES[batch])
-        tag = f"drain{batch}-{secrets.token_hex(3)}"
+        tag = f"drain{batch}v{schema[-1]}-{secrets.token_hex(3)}"
         client_id = f"sub-{tag}"
         host, port = self.broker.host, self.broker.port
         create_session(host, port, client_id, tag)
-        published = self.preload(self._specs(f"d{batch}", batch, count // DEVICES), tag)
+        specs = self._specs(f"d{batch}", batch, count // DEVICES, schema=schema)
+        published = self.preload(specs, tag)
         sub = Publishers()
         sub.add(subscriber_process, host, port, client_id, tag, count)
         sub.wait_ready()
@@ -148,7 +154,9 @@ class Bench:
         msgs_per_s = (received - 1) / max(last - first, 1e-9)
         return {
             "batch": batch,
+            "schema": schema,
             "messages": count,
+            "payload_bytes": len(messages(specs[0])[0][1]),
             "msgs_per_s": round(msgs_per_s),
             "readings_per_s": round(msgs_per_s * batch),
             "seconds": round(last - first, 2),
@@ -169,28 +177,37 @@ class Bench:
         return round(sum(s.messages for s in specs) / max(seconds, 1e-9))
 
     def _specs(
-        self, site: str, batch: int, per_device: int, dt_ms: int | None = None
+        self,
+        site: str,
+        batch: int,
+        per_device: int,
+        dt_ms: int | None = None,
+        schema: str = SCHEMA_TELEMETRY_V1,
     ) -> list[LoadSpec]:
         readings_per_device = per_device * batch
         dt = dt_ms if dt_ms is not None else max(1, SPAN_MS // readings_per_device)
         base_ts = int(time.time() * 1000) - dt * readings_per_device - 120_000
         each = DEVICES // PUBLISHERS
         return [
-            LoadSpec(site, i * each, each, per_device, batch, base_ts, dt)
+            LoadSpec(site, i * each, each, per_device, batch, base_ts, dt, schema=schema)
             for i in range(PUBLISHERS)
         ]
 
     # (b), (d), (e) ---------------------------------------------------------
 
     def pipeline(
-        self, batch: int, processes: int = 1, lateness_s: float = LATENESS_S
+        self,
+        batch: int,
+        processes: int = 1,
+        lateness_s: float = LATENESS_S,
+        schema: str = SCHEMA_TELEMETRY_V1,
     ) -> dict[str, Any]:
         assert self.metrics is not None
         count = self.n(PIPELINE_MESSAGES[batch])
-        tag = f"b{batch}p{processes}{secrets.token_hex(3)}"
+        tag = f"b{batch}p{processes}v{schema[-1]}{secrets.token_hex(3)}"
         db = f"bench_{tag}"
         self.influx.create_database(db)
-        specs = self._specs(f"s{tag}", batch, count // DEVICES)
+        specs = self._specs(f"s{tag}", batch, count // DEVICES, schema=schema)
         total = sum(s.readings for s in specs)
         expected = expected_windows(specs, WINDOW_S * 1000)
         flags = ("--window-s", str(WINDOW_S), "--lateness-s", str(lateness_s))
@@ -238,6 +255,7 @@ class Bench:
             log(f"pipeline batch {batch} did not process every reading:\n{p.tail()}")
         return {
             "batch": batch,
+            "schema": schema,
             "processes": processes,
             "lateness_s": lateness_s,
             "messages": count,
@@ -459,13 +477,15 @@ def table(result: dict[str, Any]) -> str:
         f"  (load {result['environment']['load_avg_1m_start']} at start,"
         f" {result['environment']['other_fieldline_processes']} other fieldline processes)",
         "",
-        f"{'batch':>5} {'drain msg/s':>12} {'pipe msg/s':>11} {'pipe readings/s':>16}"
-        f" {'ratio':>6} {'lost':>5} {'RSS MB':>7}",
+        f"{'batch':>5} {'schema':>6} {'drain msg/s':>12} {'pipe msg/s':>11}"
+        f" {'pipe readings/s':>16} {'ratio':>6} {'lost':>5} {'RSS MB':>7}",
     ]
     for row in result["pipeline"]:
         b = str(row["batch"])
+        v2 = row["schema"] == V2
+        drain = result["drain_msgs_per_s_v2" if v2 else "drain_msgs_per_s"].get(b, 0)
         lines.append(
-            f"{b:>5} {result['drain_msgs_per_s'].get(b, 0):>12,} {row['msgs_per_s']:>11,}"
+            f"{b:>5} {'v2' if v2 else 'v1':>6} {drain:>12,} {row['msgs_per_s']:>11,}"
             f" {row['readings_per_s']:>16,} {row['ratio_to_drain']:>6.2f} {row['lost']:>5}"
             f" {row['rss_mb'] or 0:>7}"
         )
@@ -475,6 +495,8 @@ def table(result: dict[str, Any]) -> str:
         "",
         f"processes (batch {REFERENCE_BATCH}): 1 -> {proc.get('1')} readings/s,"
         f" 2 -> {proc.get('2')} readings/s",
+        f"processes (batch 100, v2): 1 -> {result['processes_at_100_v2'].get('1')} readings/s,"
+        f" 2 -> {result['processes_at_100_v2'].get('2')} readings/s",
         f"latency at ~{lat.get('target_readings_per_s')} readings/s: window p50 "
         f"{lat['window_p50']} ms, p99 {lat['window_p99']} ms; alert p50 {lat['alert_p50']} ms, "
         f"p99 {lat['alert_p99']} ms ({lat.get('spikes_alerted')} of {lat.get('spikes')} spikes)",
@@ -508,14 +530,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         bench.start()
-        drains = {}
-        for b in BATCHES:
-            log(f"(a) drain limit, {b} readings/message")
-            drains[str(b)] = bench.drain(b)
+        drains: dict[tuple[str, str], dict[str, Any]] = {}
+        runs = [(b, V1) for b in BATCHES] + [(b, V2) for b in BATCHES_V2]
+        for b, schema in runs:
+            log(f"(a) drain limit, {b} readings/message, {schema}")
+            drains[(schema, str(b))] = bench.drain(b, schema)
         rows = []
-        for b in BATCHES:
-            log(f"(b) pipeline throughput, {b} readings/message")
-            rows.append(bench.pipeline(b))
+        for b, schema in runs:
+            log(f"(b) pipeline throughput, {b} readings/message, {schema}")
+            rows.append(bench.pipeline(b, schema=schema))
         # One device's messages reach both processes' logs and are read in two
         # orders; a backlog burst skews them by far more event time than the
         # lateness of (b), so here every window waits for the stop (both runs alike).
@@ -524,7 +547,11 @@ def main(argv: list[str] | None = None) -> int:
             log(f"(e) {n} pipeline process(es), {REFERENCE_BATCH} readings/message")
             scale_out.append(bench.pipeline(REFERENCE_BATCH, n, lateness_s=SCALE_OUT_LATENESS_S))
         one, two = scale_out
-        reference = next(r for r in rows if r["batch"] == REFERENCE_BATCH)
+        log("(e) 1 and 2 pipeline processes, 100 readings/message, columnar")
+        scale_out_100 = [
+            bench.pipeline(100, n, lateness_s=SCALE_OUT_LATENESS_S, schema=V2) for n in (1, 2)
+        ]
+        reference = next(r for r in rows if r["batch"] == REFERENCE_BATCH and r["schema"] == V1)
         log("(c) latency at half the maximum throughput")
         latency = bench.latency(reference["readings_per_s"] / 2)
         # The publishers share the 2 cores with the pipeline here, unlike in (b):
@@ -536,29 +563,39 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    for row in [*rows, one, two]:
-        drain = drains[str(row["batch"])]["msgs_per_s"]
+    for row in [*rows, one, two, *scale_out_100]:
+        drain = drains[(row["schema"], str(row["batch"]))]["msgs_per_s"]
         row["ratio_to_drain"] = round(row["msgs_per_s"] / drain, 3) if drain else None
     env["load_avg_1m_end"] = load_average()
+    at_100 = {r["schema"]: r["readings_per_s"] for r in rows if r["batch"] == 100}
     result.update(
         {
-            "drain_msgs_per_s": {k: v["msgs_per_s"] for k, v in drains.items()},
-            "drain_readings_per_s": {k: v["readings_per_s"] for k, v in drains.items()},
-            "drain": drains,
+            "drain_msgs_per_s": {b: v["msgs_per_s"] for (sc, b), v in drains.items() if sc == V1},
+            "drain_readings_per_s": {
+                b: v["readings_per_s"] for (sc, b), v in drains.items() if sc == V1
+            },
+            "drain_msgs_per_s_v2": {
+                b: v["msgs_per_s"] for (sc, b), v in drains.items() if sc == V2
+            },
+            "drain": list(drains.values()),
             "pipeline": rows,
             "latency_ms": latency,
             "rss_mb": max((r["rss_mb"] or 0 for r in rows), default=None),
             "processes": {"1": one["readings_per_s"], "2": two["readings_per_s"]},
             "processes_runs": {"1": one, "2": two},
+            "processes_at_100_v2": {
+                str(r["processes"]): r["readings_per_s"] for r in scale_out_100
+            },
+            "processes_at_100_v2_runs": scale_out_100,
             "simulator_readings_per_s": sim["readings_per_s"],
             "simulator_acked_readings_per_s": sim["acked_readings_per_s"],
             "simulator": sim,
             "goals": {
                 "ratio_to_drain_at_1": next(r["ratio_to_drain"] for r in rows if r["batch"] == 1),
                 "ratio_to_drain_at_1_goal": 0.8,
-                "readings_per_s_at_100": next(
-                    r["readings_per_s"] for r in rows if r["batch"] == 100
-                ),
+                "readings_per_s_at_100_v1": at_100[V1],
+                "readings_per_s_at_100_v2": at_100[V2],
+                "readings_per_s_at_100_v2_2_processes": scale_out_100[1]["readings_per_s"],
                 "readings_per_s_at_100_goal": 1_000_000,
             },
             "settings": {
@@ -583,6 +620,6 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "latest.json").write_text(text)
     print(table(result))
     print(f"\nwritten: {args.out / (stamp + '.json')} and latest.json")
-    lost = sum(r["lost"] for r in [*rows, one, two]) + latency["lost"]
+    lost = sum(r["lost"] for r in [*rows, one, two, *scale_out_100]) + latency["lost"]
     lost += latency["quarter_max"]["lost"]
     return 1 if lost else 0

@@ -59,7 +59,7 @@ def test_integer_values_become_floats() -> None:
     [
         (b"{", "not_json"),
         (b'"just a string"', "not_object"),
-        (payload(schema="fieldline.telemetry/2"), "unknown_schema"),
+        (payload(schema="fieldline.telemetry/3"), "unknown_schema"),
         (payload(schema=None), "unknown_schema"),
         (payload(device="dev-2"), "topic_mismatch"),
         (payload(seq=-1), "wrong_type"),
@@ -90,6 +90,106 @@ def test_invalid_telemetry_names_the_reason(body: bytes, reason: str) -> None:
         c.decode_telemetry(TOPIC, body)
     assert info.value.reason == reason
     assert info.value.detail
+
+
+def payload_v2(**overrides: object) -> bytes:
+    body: dict[str, object] = {
+        "schema": c.SCHEMA_TELEMETRY_V2,
+        "device": "dev-1",
+        "seq": 3,
+        "series": [{"sensor": "temp", "unit": "C", "ts": [TS, TS + 1], "values": [21.5, 3]}],
+    }
+    body.update(overrides)
+    return json.dumps(body).encode()
+
+
+def series(**overrides: object) -> list[dict[str, object]]:
+    s: dict[str, object] = {"sensor": "t", "ts": [TS], "values": [1.0]}
+    s.update(overrides)
+    return [s]
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["temp", "hum", "vib"]),
+            st.sampled_from(["", "C", "%"]),
+            st.integers(c.MIN_TIMESTAMP_MS, c.MAX_TIMESTAMP_MS - 1),
+            finite,
+        ),
+        min_size=1,
+        max_size=50,
+    )
+)
+def test_v2_carries_the_same_readings_as_v1(rows: list[tuple[str, str, int, float]]) -> None:
+    """Any batch encoded as v2 decodes to the v1 batch's readings, each sensor's in
+    the same order (sensors grouped; a change of unit starts a new series)."""
+    readings = [c.Reading(s, ts, v, u) for s, u, ts, v in rows]
+    v1 = c.decode_telemetry(TOPIC, c.encode_telemetry("dev-1", 7, readings))
+    v2 = c.decode_telemetry(TOPIC, c.encode_telemetry("dev-1", 7, readings, c.SCHEMA_TELEMETRY_V2))
+    assert v2.schema == c.SCHEMA_TELEMETRY_V2
+    assert (v2.site, v2.device, v2.seq) == (v1.site, v1.device, v1.seq)
+    for sensor in {r.sensor for r in readings}:
+        assert [r for r in v2.readings if r.sensor == sensor] == [
+            r for r in v1.readings if r.sensor == sensor
+        ]
+    assert sorted(v2.readings) == sorted(v1.readings)
+
+
+def test_v2_is_smaller_than_v1_for_a_batch() -> None:
+    readings = [c.Reading(("temp", "hum")[i % 2], TS + i, i / 8, "C") for i in range(100)]
+    v1 = c.encode_telemetry("dev-1", 1, readings)
+    v2 = c.encode_telemetry("dev-1", 1, readings, c.SCHEMA_TELEMETRY_V2)
+    assert len(v2) < len(v1) / 2
+
+
+def test_unknown_schema_cannot_be_encoded() -> None:
+    with pytest.raises(ValueError, match="telemetry/9"):
+        c.encode_telemetry("dev-1", 1, [c.Reading("t", TS, 1.0)], "fieldline.telemetry/9")
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (payload_v2(device="dev-2"), "topic_mismatch"),
+        (payload_v2(seq="1"), "wrong_type"),
+        (payload_v2(series=None), "wrong_type"),
+        (payload_v2(series=[]), "empty_batch"),
+        (payload_v2(series=[[]]), "wrong_type"),
+        (payload_v2(series=[{"sensor": "t", "ts": [TS]}]), "missing_field"),
+        (payload_v2(series=series(sensor="a b")), "bad_id"),
+        (payload_v2(series=series(ts=TS)), "wrong_type"),
+        (payload_v2(series=series(values={"a": 1})), "wrong_type"),
+        (payload_v2(series=series(ts=[TS, TS + 1])), "wrong_type"),
+        (payload_v2(series=series(ts=[], values=[])), "empty_batch"),
+        (payload_v2(series=series(ts=[str(TS)])), "wrong_type"),
+        (payload_v2(series=series(ts=[0])), "bad_timestamp"),
+        (payload_v2(series=series(values=[None])), "wrong_type"),
+        (payload_v2(series=series(values=[True])), "wrong_type"),
+        (payload_v2(series=series(values=[1e101])), "out_of_range"),
+        (payload_v2(series=series(unit="a\\b")), "wrong_type"),
+        (
+            payload_v2(series=series(ts=[TS] * 6000, values=[1] * 6000) * 2),
+            "too_large",
+        ),
+    ],
+)
+def test_invalid_v2_telemetry_names_the_reason(body: bytes, reason: str) -> None:
+    with pytest.raises(c.ContractError) as info:
+        c.decode_telemetry(TOPIC, body)
+    assert info.value.reason == reason
+    assert info.value.detail
+
+
+def test_v2_future_timestamps_are_rejected() -> None:
+    with pytest.raises(c.ContractError) as info:
+        c.decode_telemetry(TOPIC, payload_v2(), latest_ts_ms=TS)
+    assert info.value.reason == "future_timestamp"
+    assert c.decode_telemetry(TOPIC, payload_v2(), latest_ts_ms=TS + 1).readings == [
+        c.Reading("temp", TS, 21.5, "C"),
+        c.Reading("temp", TS + 1, 3.0, "C"),
+    ]
 
 
 def test_huge_integers_are_rejected_whichever_json_parser_runs() -> None:

@@ -43,6 +43,11 @@ except ImportError:  # pragma: no cover
 
 
 SCHEMA_TELEMETRY_V1 = "fieldline.telemetry/1"
+#: The same telemetry as columns: one series per sensor, a list of timestamps
+#: and a list of values. A third of v1's size at 100 readings, and a consumer
+#: decodes it without touching each reading in Python.
+SCHEMA_TELEMETRY_V2 = "fieldline.telemetry/2"
+TELEMETRY_SCHEMAS = (SCHEMA_TELEMETRY_V1, SCHEMA_TELEMETRY_V2)
 SCHEMA_STATUS_V1 = "fieldline.status/1"
 SCHEMA_ALERT_V1 = "fieldline.alert/1"
 SCHEMA_DEAD_LETTER_V1 = "fieldline.deadletter/1"
@@ -211,7 +216,16 @@ def check_id(what: str, value: object) -> str:
 # --------------------------------------------------------------------------- encode
 
 
-def encode_telemetry(device: str, seq: int, readings: list[Reading]) -> bytes:
+def encode_telemetry(
+    device: str, seq: int, readings: list[Reading], schema: str = SCHEMA_TELEMETRY_V1
+) -> bytes:
+    """One telemetry message in ``schema`` (v1: a list of readings; v2: columns)."""
+    if schema == SCHEMA_TELEMETRY_V2:
+        return _dumps(
+            {"schema": schema, "device": device, "seq": seq, "series": _series_of(readings)}
+        )
+    if schema != SCHEMA_TELEMETRY_V1:
+        raise ValueError(f"unknown telemetry schema {schema!r}; known: {TELEMETRY_SCHEMAS}")
     return _dumps(
         {
             "schema": SCHEMA_TELEMETRY_V1,
@@ -222,6 +236,22 @@ def encode_telemetry(device: str, seq: int, readings: list[Reading]) -> bytes:
             ],
         }
     )
+
+
+def _series_of(readings: list[Reading]) -> list[dict[str, Any]]:
+    """Readings as v2 series: one per sensor, in order of first appearance, with a
+    new series for a sensor whose unit changes, so each sensor's readings keep
+    their order when its series are read one after the other."""
+    out: list[dict[str, Any]] = []
+    last: dict[str, dict[str, Any]] = {}
+    for r in readings:
+        s = last.get(r.sensor)
+        if s is None or s["unit"] != r.unit:
+            s = last[r.sensor] = {"sensor": r.sensor, "unit": r.unit, "ts": [], "values": []}
+            out.append(s)
+        s["ts"].append(r.ts)
+        s["values"].append(r.value)
+    return out
 
 
 def encode_status(status: Status) -> bytes:
@@ -310,12 +340,13 @@ def decode_telemetry(topic: str, payload: bytes, latest_ts_ms: Optional[int] = N
     schema = obj.get("schema")
     if schema == SCHEMA_TELEMETRY_V1:
         return _telemetry_v1(site, device, obj, latest_ts_ms)
+    if schema == SCHEMA_TELEMETRY_V2:
+        return _telemetry_v2(site, device, obj, latest_ts_ms)
     raise ContractError("unknown_schema", f"schema {_show(schema)} is not one this decoder knows")
 
 
-def _telemetry_v1(
-    site: str, device: str, obj: dict[str, Any], latest_ts_ms: Optional[int]
-) -> Telemetry:
+def _header(device: str, obj: dict[str, Any]) -> int:
+    """Check the payload's device against the topic's; return ``seq``."""
     body_device = _field(obj, "device")
     if body_device != device:
         raise ContractError(
@@ -324,6 +355,22 @@ def _telemetry_v1(
     seq = _field(obj, "seq")
     if not _is_int(seq) or not 0 <= seq <= MAX_SEQ:
         raise ContractError("wrong_type", f"seq must be an integer in [0, 2^63), got {_show(seq)}")
+    return seq  # type: ignore[no-any-return]
+
+
+def _check_future(newest: int, latest_ts_ms: Optional[int]) -> None:
+    if latest_ts_ms is not None and newest > latest_ts_ms:
+        raise ContractError(
+            "future_timestamp",
+            f"a reading is stamped {(newest - latest_ts_ms) / 1000:.0f} s after the "
+            "latest time accepted",
+        )
+
+
+def _telemetry_v1(
+    site: str, device: str, obj: dict[str, Any], latest_ts_ms: Optional[int]
+) -> Telemetry:
+    seq = _header(device, obj)
     raw = _field(obj, "readings")
     if not isinstance(raw, list):
         raise ContractError("wrong_type", "readings must be a list")
@@ -333,7 +380,6 @@ def _telemetry_v1(
         raise ContractError("too_large", f"{len(raw)} readings > {MAX_READINGS_PER_MESSAGE}")
     readings: list[Reading] = []
     append = readings.append
-    isfinite = math.isfinite
     newest = MIN_TIMESTAMP_MS
     for i, r in enumerate(raw):
         if not isinstance(r, dict):
@@ -349,23 +395,9 @@ def _telemetry_v1(
         unit = r.get("unit", "")
         if not (isinstance(sensor, str) and _ID_RE.match(sensor)):
             raise ContractError("bad_id", f"readings[{i}].sensor {_show(sensor)} is not a valid id")
-        if type(ts) is not int:
-            raise ContractError("wrong_type", f"readings[{i}].ts must be integer milliseconds")
-        if not MIN_TIMESTAMP_MS <= ts < MAX_TIMESTAMP_MS:
-            raise ContractError("bad_timestamp", f"readings[{i}].ts {ts} is outside 2000..2100")
+        ts, value = _check_reading(f"readings[{i}]", ts, value)
         if ts > newest:
             newest = ts
-        vt = type(value)
-        if vt is int:
-            try:
-                value = float(value)
-            except OverflowError:
-                raise ContractError("out_of_range", f"readings[{i}].value is too large") from None
-        elif vt is not float:
-            raise ContractError("wrong_type", f"readings[{i}].value must be a number")
-        if not -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:  # also False for NaN
-            reason = "non_finite" if not isfinite(value) else "out_of_range"
-            raise ContractError(reason, f"readings[{i}].value {value!r} is out of range")
         if unit != "" and not _unit_ok(unit):
             raise ContractError(
                 "wrong_type",
@@ -373,13 +405,74 @@ def _telemetry_v1(
                 "characters without a backslash",
             )
         append(Reading(sensor, ts, value, unit))
-    if latest_ts_ms is not None and newest > latest_ts_ms:
-        raise ContractError(
-            "future_timestamp",
-            f"a reading is stamped {(newest - latest_ts_ms) / 1000:.0f} s after the "
-            "latest time accepted",
-        )
+    _check_future(newest, latest_ts_ms)
     return Telemetry(site, device, seq, readings)
+
+
+def _telemetry_v2(
+    site: str, device: str, obj: dict[str, Any], latest_ts_ms: Optional[int]
+) -> Telemetry:
+    seq = _header(device, obj)
+    raw = _field(obj, "series")
+    if not isinstance(raw, list):
+        raise ContractError("wrong_type", "series must be a list")
+    if not raw:
+        raise ContractError("empty_batch", "series is empty")
+    readings: list[Reading] = []
+    newest = MIN_TIMESTAMP_MS
+    for i, s in enumerate(raw):
+        where = f"series[{i}]"
+        if not isinstance(s, dict):
+            raise ContractError("wrong_type", f"{where} is not an object")
+        sensor = _field(s, "sensor", f"{where}.")
+        ts = _field(s, "ts", f"{where}.")
+        values = _field(s, "values", f"{where}.")
+        unit = s.get("unit", "")
+        if not (isinstance(sensor, str) and _ID_RE.match(sensor)):
+            raise ContractError("bad_id", f"{where}.sensor {_show(sensor)} is not a valid id")
+        if not isinstance(ts, list) or not isinstance(values, list):
+            raise ContractError("wrong_type", f"{where}.ts and {where}.values must be lists")
+        if len(ts) != len(values):
+            raise ContractError(
+                "wrong_type", f"{where} has {len(ts)} timestamps but {len(values)} values"
+            )
+        if not ts:
+            raise ContractError("empty_batch", f"{where} has no readings")
+        if len(readings) + len(ts) > MAX_READINGS_PER_MESSAGE:
+            raise ContractError("too_large", f"more than {MAX_READINGS_PER_MESSAGE} readings")
+        if unit != "" and not _unit_ok(unit):
+            raise ContractError(
+                "wrong_type",
+                f"{where}.unit must be a string of at most {MAX_UNIT_LEN} printable "
+                "characters without a backslash",
+            )
+        for j, (t, v) in enumerate(zip(ts, values)):
+            t, v = _check_reading(f"{where}[{j}]", t, v)
+            if t > newest:
+                newest = t
+            readings.append(Reading(sensor, t, v, unit))
+    _check_future(newest, latest_ts_ms)
+    return Telemetry(site, device, seq, readings, SCHEMA_TELEMETRY_V2)
+
+
+def _check_reading(where: str, ts: object, value: object) -> tuple[int, float]:
+    """A reading's timestamp and value, checked; an integer value as a float."""
+    if type(ts) is not int:
+        raise ContractError("wrong_type", f"{where}.ts must be integer milliseconds")
+    if not MIN_TIMESTAMP_MS <= ts < MAX_TIMESTAMP_MS:
+        raise ContractError("bad_timestamp", f"{where}.ts {ts} is outside 2000..2100")
+    if type(value) is int:
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ContractError("out_of_range", f"{where}.value is too large") from None
+    elif type(value) is not float:
+        raise ContractError("wrong_type", f"{where}.value must be a number")
+    assert isinstance(value, float)
+    if not -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:  # also False for NaN
+        reason = "non_finite" if not math.isfinite(value) else "out_of_range"
+        raise ContractError(reason, f"{where}.value {value!r} is out of range")
+    return ts, value
 
 
 def decode_status(topic: str, payload: bytes) -> Status:

@@ -231,6 +231,13 @@ def run(
     log_retention_s: Annotated[
         float, typer.Option(help="Keep processed messages in the ingest log this long.")
     ] = 3600.0,
+    metrics_interval_s: Annotated[
+        float,
+        typer.Option(
+            min=0.05,
+            help="How often counters are published on MQTT (InfluxDB gets them every ~5 s).",
+        ),
+    ] = 1.0,
     log_level: Annotated[str, typer.Option(envvar="FIELDLINE_LOG_LEVEL")] = "INFO",
 ) -> None:
     """Consume telemetry from MQTT, aggregate it in windows, write them to InfluxDB."""
@@ -301,6 +308,7 @@ def run(
         max_future_ms=round(max_future_s * 1000),
         ingest_sync=ingest_sync.value,
         log_retention_s=log_retention_s,
+        metrics_interval_s=metrics_interval_s,
     )
     if processes > 1:  # the settings are valid: start the processes that use them
         raise typer.Exit(_supervise(ctx, processes, workers, state_dir, base_instance))

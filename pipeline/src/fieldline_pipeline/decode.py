@@ -8,7 +8,9 @@ in Python, which is most of the pipeline's cost at 100 readings per message.
 Here msgspec decodes and type-checks a whole message in C (types, timestamp and
 value bounds), the remaining checks run once per distinct sensor name and unit,
 and the readings come out as columns, one :class:`Series` per sensor, which is
-what the window aggregates and the detectors consume.
+what the window aggregates and the detectors consume. A ``fieldline.telemetry/2``
+message already is columns: its lists become the series as they are, and no
+reading is touched in Python at all.
 
 Any message this fast path does not accept is handed to the reference decoder,
 so the outcome, and the dead-letter reason, is always the contract's. A test
@@ -18,7 +20,7 @@ checks both agree on generated valid and invalid messages.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
-from typing import Annotated, NamedTuple, TypeVar
+from typing import Annotated, NamedTuple, TypeVar, Union
 
 import msgspec
 from fieldline_edge.contract import (
@@ -29,6 +31,7 @@ from fieldline_edge.contract import (
     MAX_TIMESTAMP_MS,
     MIN_TIMESTAMP_MS,
     SCHEMA_TELEMETRY_V1,
+    SCHEMA_TELEMETRY_V2,
     ContractError,
     Telemetry,
     decode_telemetry,
@@ -73,14 +76,31 @@ class _Reading(msgspec.Struct, gc=False):
     unit: str = ""
 
 
-class _TelemetryV1(msgspec.Struct, gc=False):
-    schema: str
+_Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
+_Ts = Annotated[int, msgspec.Meta(ge=MIN_TIMESTAMP_MS, lt=MAX_TIMESTAMP_MS)]
+_Value = Annotated[float, msgspec.Meta(ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)]
+
+
+class _TelemetryV1(msgspec.Struct, gc=False, tag_field="schema", tag=SCHEMA_TELEMETRY_V1):
     device: str
-    seq: Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
+    seq: _Seq
     readings: list[_Reading]
 
 
-_decoder = msgspec.json.Decoder(_TelemetryV1)
+class _SeriesV2(msgspec.Struct, gc=False):
+    sensor: str
+    ts: list[_Ts]
+    values: list[_Value]
+    unit: str = ""
+
+
+class _TelemetryV2(msgspec.Struct, gc=False, tag_field="schema", tag=SCHEMA_TELEMETRY_V2):
+    device: str
+    seq: _Seq
+    series: list[_SeriesV2]
+
+
+_decoder = msgspec.json.Decoder(Union[_TelemetryV1, _TelemetryV2])
 
 #: Topics, sensor names and units seen valid before; bounded so that a stream of
 #: made-up names cannot grow them without end.
@@ -128,8 +148,11 @@ def _fast(topic: str, payload: bytes, latest_ts_ms: int | None) -> Columns:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise _DeclinedError
     msg = _decoder.decode(payload)
-    if msg.schema != SCHEMA_TELEMETRY_V1 or msg.device != ids[1]:
+    if msg.device != ids[1]:
         raise _DeclinedError
+    if type(msg) is _TelemetryV2:
+        return _columns_v2(ids, msg, latest_ts_ms)
+    assert type(msg) is _TelemetryV1
     rs = msg.readings
     n = len(rs)
     if n == 1:  # a reading per message: skip the column machinery
@@ -173,6 +196,32 @@ def _fast(topic: str, payload: bytes, latest_ts_ms: int | None) -> Columns:
     return Columns(ids[0], ids[1], msg.seq, series, n, newest)
 
 
+def _columns_v2(ids: tuple[str, str], msg: _TelemetryV2, latest_ts_ms: int | None) -> Columns:
+    series: list[Series] = []
+    count = 0
+    newest = MIN_TIMESTAMP_MS
+    for s in msg.series:
+        ts = s.ts
+        n = len(ts)
+        if n == 0 or n != len(s.values):
+            raise _DeclinedError
+        _check(s.sensor, s.unit)
+        count += n
+        top = max(ts)
+        if top > newest:
+            newest = top
+        series.append(Series(s.sensor, ts, s.values, s.unit))
+    if not 0 < count <= MAX_READINGS_PER_MESSAGE:
+        raise _DeclinedError
+    if len(series) > 1 and len({s.sensor for s in series}) != len(series):
+        # A sensor in several series (its unit changed): the reference decoder
+        # and columns_of join them into one.
+        raise _DeclinedError
+    if latest_ts_ms is not None and newest > latest_ts_ms:
+        raise _DeclinedError
+    return Columns(ids[0], ids[1], msg.seq, series, count, newest)
+
+
 def _check(sensor: str, unit: str) -> None:
     if sensor not in _good_sensors:
         if not is_valid_id(sensor):
@@ -202,14 +251,12 @@ def _split(
     """Group readings by sensor, keeping arrival order within each sensor."""
     out: list[Series] = []
     for s, ix in group_indices(sensors).items():
-        out.append(
-            Series(
-                s,
-                [ts[i] for i in ix],
-                [values[i] for i in ix],
-                units if isinstance(units, str) else [units[i] for i in ix],
-            )
-        )
+        u: str | list[str] = units
+        if not isinstance(units, str):
+            u = [units[i] for i in ix]
+            if u.count(u[0]) == len(u):  # one unit per sensor, the usual case
+                u = u[0]
+        out.append(Series(s, [ts[i] for i in ix], [values[i] for i in ix], u))
     return out
 
 

@@ -54,6 +54,9 @@ from fieldline_pipeline.ingest_log import IngestLog
 from fieldline_pipeline.metrics import METRICS, METRICS_TOPIC_PREFIX, MetricsReporter
 from fieldline_pipeline.settings import PipelineSettings
 
+#: Seconds between the metrics' InfluxDB writes, however often they are published.
+METRICS_WRITE_S = 5.0
+
 log = logging.getLogger(__name__)
 
 
@@ -176,8 +179,9 @@ def run_pipeline(settings: PipelineSettings) -> None:
     )
     client, publish = _metrics_publisher(settings, intake, ingest_log, clock, sink)
     reporter = MetricsReporter(
-        METRICS, settings.instance, publish, metrics_writer.write, settings.metrics_interval_s
-    )
+        METRICS, settings.instance, publish, metrics_writer.write, settings.metrics_interval_s,
+        write_every=max(1, round(METRICS_WRITE_S / settings.metrics_interval_s)),
+    )  # fmt: skip
 
     def stop_intake_then_source() -> None:
         stop.wait()
