@@ -85,11 +85,13 @@ class DevicePublisher:
         start_seq: int = 0,
         qos: int = TELEMETRY_QOS,
         on_published: Optional[OnPublished] = None,
+        schema: str = contract.SCHEMA_TELEMETRY_V1,
     ) -> None:
         contract.check_id("site", site)
         contract.check_id("device", device)
         if not 0 <= start_seq <= contract.MAX_SEQ:
             raise ValueError(f"start_seq {start_seq} is outside [0, 2^63)")
+        check_schema(schema)
         self.client = client
         self.site = site
         self.device = device
@@ -97,6 +99,7 @@ class DevicePublisher:
         self.seq = start_seq
         self.qos = qos
         self.on_published = on_published
+        self.schema = schema
         self.published_messages = 0
         self.published_readings = 0
         self._buffer: list[Reading] = []
@@ -127,7 +130,7 @@ class DevicePublisher:
         if not self._buffer:
             return None
         readings = self._buffer
-        payload = contract.encode_telemetry(self.device, self.seq, readings)
+        payload = contract.encode_telemetry(self.device, self.seq, readings, self.schema)
         info = self.client.publish(self.topic, payload, self.qos)
         check_publish(info, self.topic, self.qos)
         seq = self.seq
@@ -162,6 +165,14 @@ class DevicePublisher:
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(remaining)
         return self.unacked()
+
+
+def check_schema(schema: str) -> str:
+    """``schema`` if it is a telemetry schema this contract can encode, else ValueError."""
+    if schema not in contract.TELEMETRY_SCHEMAS:
+        known = ", ".join(contract.TELEMETRY_SCHEMAS)
+        raise ValueError(f"unknown telemetry schema {schema!r} (known: {known})")
+    return schema
 
 
 def _is_published(info: mqtt.MQTTMessageInfo) -> bool:
@@ -254,6 +265,8 @@ class Agent:
     ``offline``. Two reserved entries appear in ``sensors`` only when something
     is wrong: ``_spool`` (readings dropped because the spool was full) and
     ``_clock`` (readings held back until the clock is set, see clock.py).
+    Batches are encoded in ``telemetry_schema`` when they are spooled (version 1
+    unless configured otherwise; see spool.py for batches spooled before a change).
     """
 
     def __init__(
@@ -275,6 +288,7 @@ class Agent:
         protocol: str = "3.1.1",
         keepalive_s: int = KEEPALIVE_S,
         notifier: Optional[Notifier] = None,
+        telemetry_schema: str = contract.SCHEMA_TELEMETRY_V1,
     ) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be > 0")
@@ -286,6 +300,7 @@ class Agent:
             raise ValueError("replay_rate_per_s must be > 0")
         contract.check_id("site", site)
         contract.check_id("device", device)
+        self.telemetry_schema = check_schema(telemetry_schema)
         self.scheduled = [as_scheduled(s, interval_s) for s in sensors]
         names = [s.driver.name for s in self.scheduled]
         if len(set(names)) != len(names):
@@ -518,7 +533,7 @@ class Agent:
         while self._buffer:
             batch = self._buffer[: self.batch_size]
             before = self.spool.dropped_readings
-            self.spool.append(batch, self.clock.wall_ms())
+            self.spool.append(batch, self.clock.wall_ms(), self.telemetry_schema)
             del self._buffer[: self.batch_size]
             if self.spool.dropped_readings != before:
                 self._set_extra(

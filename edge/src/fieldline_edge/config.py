@@ -65,6 +65,11 @@ DRIVERS = ("cpu_temperature", "ds18b20", "bme280", "system", "command", "file", 
 #: The longest suffix a driver adds to the sensor's name in its readings' ids.
 _LONGEST_SUFFIX = {"system": ".mem_available_mb", "bme280": ".temperature"}
 ENV_PREFIX = "FIELDLINE_MQTT_"
+#: ``agent.telemetry_schema``: the version number the file gives -> the payload's schema.
+TELEMETRY_SCHEMA_VERSIONS = {
+    1: contract.SCHEMA_TELEMETRY_V1,
+    2: contract.SCHEMA_TELEMETRY_V2,
+}
 
 
 class ConfigError(ValueError):
@@ -98,6 +103,7 @@ class AgentSettings:
     flush_interval_s: float = 5.0
     log_level: str = "INFO"
     clock_sync_file: str = DEFAULT_CLOCK_SYNC_FILE
+    telemetry_schema: str = contract.SCHEMA_TELEMETRY_V1
 
 
 @dataclass(frozen=True)
@@ -212,11 +218,22 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str], base_dir: str 
         flush_interval_s=ag.number("flush_interval_s", 5.0),
         log_level=level.upper(),
         clock_sync_file=ag.text("clock_sync_file", DEFAULT_CLOCK_SYNC_FILE, allow_empty=True),
+        telemetry_schema=_telemetry_schema(ag),
     )
     ag.done()
 
     sensors = _sensors(data.get("sensors"), device, rel)
     return Config(site, device, mqtt, spool, agent, sensors)
+
+
+def _telemetry_schema(ag: _Table) -> str:
+    # Version 1 stays the default: a device must not switch a pipeline that
+    # predates version 2 to a format it cannot read.
+    version = ag.get("telemetry_schema", 1)
+    if type(version) is not int or version not in TELEMETRY_SCHEMA_VERSIONS:
+        known = " or ".join(f"{v} ({s})" for v, s in TELEMETRY_SCHEMA_VERSIONS.items())
+        raise ConfigError("agent.telemetry_schema", f"must be {known}, got {version!r}")
+    return TELEMETRY_SCHEMA_VERSIONS[version]
 
 
 def _sensors(

@@ -316,6 +316,7 @@ def agent_from_config(path: str) -> tuple[Agent, str]:
             protocol=cfg.mqtt.protocol,
             keepalive_s=cfg.mqtt.keepalive_s,
             notifier=Notifier(),
+            telemetry_schema=cfg.agent.telemetry_schema,
         )
     except (ValueError, OSError) as exc:  # e.g. an unreadable key that passed os.access
         spool.close()

@@ -17,6 +17,13 @@ Capacity: the payloads are capped at ``max_bytes``. When a new batch would pass
 the cap, the *oldest* batches are dropped, counted (``dropped_readings``,
 persisted) and logged: a full spool keeps the most recent data.
 
+Schema: each batch is stored encoded, in the telemetry schema the agent was
+configured with when it was appended (``agent.telemetry_schema``), and published
+byte for byte as stored. A change of the setting applies to new batches only:
+what is already spooled goes out in the schema it was written in, so the bytes
+on disk are exactly the bytes on the wire and nothing is re-encoded after a
+restart.
+
 ``seq`` is allocated here, under the same commit as the batch, from a counter
 stored in the file: it never goes back across restarts, and it starts at least
 at :func:`fieldline_edge.contract.initial_seq` (the time in ms) so that a device
@@ -168,10 +175,16 @@ class Spool:
         """The ``seq`` of the last batch appended (-1 if none ever was)."""
         return self._last_seq
 
-    def append(self, readings: Sequence[Reading], now_ms: int) -> int:
+    def append(
+        self,
+        readings: Sequence[Reading],
+        now_ms: int,
+        schema: str = contract.SCHEMA_TELEMETRY_V1,
+    ) -> int:
         """Encode ``readings`` as the next telemetry message and store it durably; return its seq.
 
-        ``now_ms`` is a sane wall-clock time (it floors the first ``seq``).
+        ``now_ms`` is a sane wall-clock time (it floors the first ``seq``);
+        ``schema`` is one of :data:`~fieldline_edge.contract.TELEMETRY_SCHEMAS`.
         Drops the oldest batches if the spool is over its cap afterwards.
         """
         if not readings:
@@ -184,7 +197,7 @@ class Spool:
             )
         else:
             seq = self._last_seq + 1
-        payload = contract.encode_telemetry(self.device, seq, list(readings))
+        payload = contract.encode_telemetry(self.device, seq, list(readings), schema)
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
