@@ -50,6 +50,7 @@ from fieldline_pipeline.connectors.intake_process import IntakeProcess
 from fieldline_pipeline.connectors.log_source import IngestLogSource, log_path, partition_name
 from fieldline_pipeline.connectors.mqtt import MQTTSink
 from fieldline_pipeline.dataflow import build_dataflow
+from fieldline_pipeline.gc_tuning import tune_gc
 from fieldline_pipeline.ingest_log import IngestLog
 from fieldline_pipeline.metrics import METRICS, METRICS_TOPIC_PREFIX, MetricsReporter
 from fieldline_pipeline.settings import PipelineSettings
@@ -199,6 +200,7 @@ def run_pipeline(settings: PipelineSettings) -> None:
 
     intake.start()
     reporter.start()
+    tune_gc()
     threading.Thread(target=stop_intake_then_source, name="stopper", daemon=True).start()
     threading.Thread(target=watch_intake, name="intake-watch", daemon=True).start()
     try:

@@ -33,6 +33,7 @@ from typing import Any
 
 from fieldline_pipeline.connectors.intake import MQTTIntake
 from fieldline_pipeline.connectors.mqtt import MQTTSettings
+from fieldline_pipeline.gc_tuning import tune_gc
 from fieldline_pipeline.ingest_log import IngestLog
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ def _child(
         return
     ingest_log = IngestLog(log_file, sync=sync)
     intake = MQTTIntake(MQTTSettings(**mqtt_fields), topic_filters, ingest_log, client_id, shared)
+    tune_gc()
     intake.start()
     try:
         while not stop.wait(COUNTER_INTERVAL_S):
