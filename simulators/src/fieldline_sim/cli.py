@@ -12,6 +12,7 @@ input. Errors are one line on stderr, never a traceback.
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import math
@@ -37,7 +38,7 @@ from fieldline_sim.metrics import FleetMetrics, default_instance
 from fieldline_sim.progress import ProgressLine, count
 from fieldline_sim.replay import ReplayProgress, replay_paths
 from fieldline_sim.runner import DEFAULT_CONNECTIONS, Progress, RunConfig, ScenarioRunner
-from fieldline_sim.scenario import Scenario, load_scenario
+from fieldline_sim.scenario import Scenario, load_scenario, telemetry_schema
 
 app = typer.Typer(
     help="Simulated device fleets, scenario files with injected faults, CSV replay.",
@@ -47,6 +48,25 @@ app = typer.Typer(
 )
 
 log = logging.getLogger("fieldline_sim")
+
+_SCHEMA_HELP = (
+    "Telemetry schema version: 1 (fieldline.telemetry/1) or 2 (columnar fieldline.telemetry/2;"
+    " only for a pipeline that reads it)."
+)
+
+
+class Version(str, enum.Enum):
+    """``--schema``: anything but 1 or 2 is a usage error (exit 2) naming the choices."""
+
+    V1 = "1"
+    V2 = "2"
+
+    @property
+    def schema(self) -> str:
+        return telemetry_schema(int(self.value))
+
+
+SchemaVersion = Annotated[Version, typer.Option("--schema", help=_SCHEMA_HELP)]
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -112,6 +132,7 @@ def run(
         Optional[str],  # noqa: UP045
         typer.Option(help="Name in fieldline/_metrics/sim/<instance> [default: host-pid]."),
     ] = None,
+    schema: SchemaVersion = Version.V1,
 ) -> None:
     """Publish simulated telemetry in real time; stop on SIGTERM/SIGINT or after --duration-s."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -132,6 +153,7 @@ def run(
             instance=instance if instance is not None else default_instance(),
             credentials=FleetCredentials.load(credentials) if credentials is not None else None,
             tls=tls,
+            schema=schema.schema,
         ).validate()
     except ValueError as exc:
         raise _fail(str(exc), 2) from None
@@ -209,9 +231,17 @@ def _start_ms(text: str | None) -> int | None:
     return int(dt.timestamp() * 1000)
 
 
-def _scenario(path: Path, duration_s: float | None, seed: int | None, site: str | None) -> Scenario:
+def _scenario(
+    path: Path,
+    duration_s: float | None,
+    seed: int | None,
+    site: str | None,
+    schema: Version | None = None,
+) -> Scenario:
     scenario = load_scenario(path)
     changes: dict[str, object] = {}
+    if schema is not None:
+        changes["telemetry_schema"] = schema.schema
     if duration_s is not None:
         if not (duration_s >= 0 and math.isfinite(duration_s)):
             raise ValueError("--duration-s must be >= 0 (0: until stopped)")
@@ -336,12 +366,19 @@ def fleet(
         Optional[str],  # noqa: UP045
         typer.Option(help="Name in fieldline/_metrics/sim/<instance> [default: host-pid]."),
     ] = None,
+    schema: Annotated[
+        Optional[Version],  # noqa: UP045
+        typer.Option(
+            "--schema",
+            help=_SCHEMA_HELP[:-1] + " [default: the scenario's telemetry_schema, else 1].",
+        ),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Run a scenario's fleet against a broker; print a JSON report on stdout at the end."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        parsed = _scenario(scenario, duration_s, seed, site)
+        parsed = _scenario(scenario, duration_s, seed, site, schema)
         config = RunConfig(
             scenario=parsed,
             broker=_broker_with_user(broker, username, password_file),
@@ -441,6 +478,7 @@ def replay(
     ca_file: CaFile = None,
     cert_file: CertFile = None,
     key_file: KeyFile = None,
+    schema: SchemaVersion = Version.V1,
     quiet: Quiet = False,
 ) -> None:
     """Stream CSV time series (timestamp,value) through MQTT, one device per file.
@@ -475,6 +513,7 @@ def replay(
             tls=_tls(ca_file, cert_file, key_file),
             progress=show,
             stop=stop,
+            schema=schema.schema,
         )
     except (ValueError, ssl.SSLError) as exc:  # ReplayError is a ValueError
         raise _fail(str(exc), 2) from None

@@ -1,10 +1,11 @@
 """A fleet of simulated devices publishing through the edge agent's code path.
 
 Every device is a :class:`fieldline_edge.agent.DevicePublisher` (same topic,
-encoding, per-device ``seq``, QoS 1) fed by :class:`fieldline_edge.sensors.SimulatedSensor`
-instances. Values are deterministic: sample ``k`` of sensor ``s`` of device index
-``i`` depends only on ``(seed, i, s, k)``; timestamps are the wall clock, paced
-in real time at ``rate_hz`` samples per second per sensor.
+encoding in ``schema``, per-device ``seq``, QoS 1) fed by
+:class:`fieldline_edge.sensors.SimulatedSensor` instances. Values are
+deterministic: sample ``k`` of sensor ``s`` of device index ``i`` depends only on
+``(seed, i, s, k)``; timestamps are the wall clock, paced in real time at
+``rate_hz`` samples per second per sensor.
 
 Connections: ``connections`` paho clients, device ``i`` on client ``i % connections``.
 The default is one client per device up to :data:`DEFAULT_MAX_CONNECTIONS`
@@ -151,6 +152,8 @@ class FleetConfig:
     #: Users replacing the broker URL's: see :mod:`fieldline_sim.credentials`.
     credentials: FleetCredentials | None = None
     tls: TLSConfig | None = None
+    #: The payloads' schema: one of ``contract.TELEMETRY_SCHEMAS``.
+    schema: str = contract.SCHEMA_TELEMETRY_V1
 
     @property
     def n_connections(self) -> int:
@@ -173,6 +176,8 @@ class FleetConfig:
             raise ValueError(f"connections must be in 1..{self.devices} (the number of devices)")
         if self.ack_timeout_s < 0:
             raise ValueError("ack timeout must be >= 0")
+        if self.schema not in contract.TELEMETRY_SCHEMAS:
+            raise ValueError(f"unknown telemetry schema {self.schema!r}")
         if self.tls is not None:
             if not self.broker.tls:
                 raise ValueError(f"TLS options given for {self.broker}: use an mqtts:// URL")
@@ -279,7 +284,7 @@ class Fleet:
             conn = self.connections[i % n]
             dev = device_id(i)
             pub = DevicePublisher(
-                conn.client, c.site, dev, start_seq=seq0, on_published=self._record
+                conn.client, c.site, dev, start_seq=seq0, on_published=self._record, schema=c.schema
             )
             sensors = make_sensors(c.sensors, c.seed, i, c.rate_hz)
             self.devices.append(_Device(pub, sensors, conn))

@@ -8,8 +8,9 @@ and seed give the same messages, byte for byte, however fast they are sent.
 
 Per tick and group, numpy computes every device's values at once
 (:mod:`fieldline_sim.signals`); value faults change them; values are rounded to
-each sensor's ``decimals``; then each device's readings become a message (or
-join its batch when ``samples_per_message`` > 1). Delivery faults act on
+each sensor's ``decimals``; then each device's readings become a message in
+the scenario's ``telemetry_schema`` (or join its batch when
+``samples_per_message`` > 1). Delivery faults act on
 messages: a dropout loses the device's readings, clock skew shifts their
 timestamps, a duplicate is sent twice with the same ``seq``, and out-of-order
 messages are held and released in reverse order when their window ends.
@@ -228,5 +229,7 @@ class FleetGenerator:
     def _message(self, device: int, readings: list[Reading]) -> Outgoing:
         seq = self._seq[device]
         self._seq[device] = seq + 1
-        payload = contract.encode_telemetry(self.devices[device], seq, readings)
+        payload = contract.encode_telemetry(
+            self.devices[device], seq, readings, self.scenario.telemetry_schema
+        )
         return Outgoing(device, seq, readings, payload)

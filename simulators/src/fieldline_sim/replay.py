@@ -19,7 +19,8 @@ Pacing: every file starts at once; a row is due ``(ts - first ts of its file) /
 speed`` after the start (``speed`` 0: no waiting). A message of ``batch`` rows is
 sent when its last row is due. Readings keep their original timestamps; ``seq``
 starts at the wall clock in ms (as the edge agent's does) and grows by one per
-message, so a second replay is not taken for duplicates of the first.
+message, so a second replay is not taken for duplicates of the first. Messages
+are in ``schema`` (``fieldline.telemetry/1`` unless told otherwise).
 
 Delivery: QoS 1 over one connection; :func:`replay_paths` returns after every
 PUBACK (or ``ack_timeout_s``) with the counts.
@@ -244,6 +245,7 @@ def replay_paths(
     client_id: str | None = None,
     progress: Callable[[ReplayProgress], None] | None = None,
     stop: threading.Event | None = None,
+    schema: str = contract.SCHEMA_TELEMETRY_V1,
 ) -> ReplayReport:
     """Replay ``paths`` (files or folders of ``*.csv``) to ``broker``; see the module docstring.
 
@@ -260,6 +262,8 @@ def replay_paths(
         _bad(f"batch must be in 1..{contract.MAX_READINGS_PER_MESSAGE}")
     if max_rows is not None and max_rows < 1:
         _bad("max-rows must be >= 1")
+    if schema not in contract.TELEMETRY_SCHEMAS:
+        _bad(f"unknown telemetry schema {schema!r}")
     series = load_all(paths, max_rows)
     messages = plan_messages(series, sensor, batch)
     total = sum(len(s.rows) for s in series)
@@ -291,7 +295,7 @@ def replay_paths(
             if stop.is_set():
                 break
             device = series[m.file].device
-            payload = contract.encode_telemetry(device, seqs[m.file], m.readings)
+            payload = contract.encode_telemetry(device, seqs[m.file], m.readings, schema)
             seqs[m.file] += 1
             pool.publish(0, topics[m.file], payload)
             pool.service(0)

@@ -93,6 +93,18 @@ FAULT_PARAMS: dict[str, tuple[tuple[str, ...], tuple[float, float]]] = {
     "out_of_order": ((), (3.0, 20.0)),
 }
 DIRECTIONS = ("up", "down", "both")
+#: ``telemetry_schema`` (scenario key, ``--schema``): version -> the payloads' schema.
+TELEMETRY_SCHEMAS = {1: contract.SCHEMA_TELEMETRY_V1, 2: contract.SCHEMA_TELEMETRY_V2}
+
+
+def telemetry_schema(version: object) -> str:
+    """The schema of telemetry version ``version`` (1 or 2); ``ValueError`` otherwise."""
+    if type(version) is not int or version not in TELEMETRY_SCHEMAS:
+        raise ValueError(
+            f"must be 1 ({contract.SCHEMA_TELEMETRY_V1}) or 2 "
+            f"({contract.SCHEMA_TELEMETRY_V2}), got {version!r}"
+        )
+    return TELEMETRY_SCHEMAS[version]
 
 
 class ScenarioError(ValueError):
@@ -150,6 +162,8 @@ class Scenario:
     duration_s: float
     groups: tuple[GroupConfig, ...]
     faults: tuple[FaultConfig, ...] = ()
+    #: The payloads' schema (version 1 unless the file or ``--schema`` says 2).
+    telemetry_schema: str = contract.SCHEMA_TELEMETRY_V1
     #: Where it came from, for error messages.
     source: str = field(default="scenario", compare=False)
 
@@ -215,6 +229,7 @@ def parse_scenario(raw: Mapping[str, Any], source: str = "scenario") -> Scenario
         duration_s=r.number("duration_s", 60.0, minimum=0.0),
         groups=checked,
         faults=tuple(faults),
+        telemetry_schema=_schema(r),
         source=source,
     )
     r.done()
@@ -231,6 +246,14 @@ def check_runnable(s: Scenario, source: str) -> Scenario:
                     "(use rate_per_hour for a run until stopped)"
                 )
     return s
+
+
+def _schema(r: _Table) -> str:
+    r.seen.add("telemetry_schema")
+    try:
+        return telemetry_schema(r.raw.get("telemetry_schema", 1))
+    except ValueError as exc:
+        raise r.error("telemetry_schema", str(exc)) from None
 
 
 def _start(r: _Table) -> int | None:
