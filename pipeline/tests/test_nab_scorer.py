@@ -141,3 +141,26 @@ def test_cli_misuse_is_a_one_line_error(tmp_path: Path) -> None:
         assert proc.returncode == 2, (args, proc.stderr)
         assert "Traceback" not in proc.stderr
         assert proc.stderr.strip().startswith("fieldline nab:"), proc.stderr
+
+
+@pytest.mark.parametrize("name", ["novelty", "ewma", "mad"])
+def test_the_pipelines_hit_path_reports_exactly_the_scores_at_or_above_threshold(
+    name: str,
+) -> None:
+    """``detect_block`` (the pipeline's path, which may skip computing scores that
+    cannot matter) finds exactly the readings whose full score reaches the
+    threshold, on every NAB file, in 100-reading blocks as from messages."""
+    from fieldline_pipeline.detectors import detector_class
+
+    cls = detector_class(name)
+    for f in load_corpus(nab_dir()):
+        ts = list(range(len(f.values)))
+        graded, fast = cls(), cls()
+        want: list[int] = []
+        got: list[int] = []
+        for i in range(0, len(f.values), 100):
+            block = f.values[i : i + 100]
+            scores = graded.update_block(ts[i : i + 100], block)
+            want += [i + j for j, s in enumerate(scores) if s >= cls.default_threshold]
+            got += [i + j for j, _s, _e in fast.detect_block(ts[i : i + 100], block)]
+        assert got == want, f.key

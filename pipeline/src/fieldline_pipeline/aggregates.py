@@ -57,7 +57,8 @@ class Agg:
         agg.first_ts = lo
         agg.first = values[ts.index(lo)]  # the earliest arrival among equal times
         agg.last_ts = hi
-        agg.last = values[n - 1 - ts[::-1].index(hi)]  # the latest arrival
+        # The latest arrival among equal times; readings usually arrive in order.
+        agg.last = values[n - 1] if ts[n - 1] == hi else values[n - 1 - ts[::-1].index(hi)]
         return agg
 
     def add(self, ts: int, value: float) -> None:

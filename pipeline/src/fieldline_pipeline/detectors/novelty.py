@@ -110,6 +110,10 @@ class NoveltyDetector(Detector):
             self.ring_lo, self.ring_hi, self.ring_spread, self.ring_run
         )  # fmt: skip
         expected = self.expected
+        # A reading that is not novel scores below 0.5: when no score is kept and
+        # neither the threshold nor ``fire`` is below 0.5, its graded score cannot
+        # change the outcome, and is not computed (most readings, most of the cost).
+        graded = scores is not None or threshold < 0.5 or fire < 0.5
         for i, x in enumerate(values):
             if n == 0:
                 lo = hi = smean = x
@@ -146,7 +150,7 @@ class NoveltyDetector(Detector):
                     expected = smean
                 if nov > 0.0:
                     score = 0.5 + 0.5 * nov / (nov + cont)
-                else:
+                elif graded:
                     z = dev / (spread + 1e-12 * (abs(smean) + 1.0))
                     score = 0.5 * z / (1.0 + z)
                 if quiet > 0:
