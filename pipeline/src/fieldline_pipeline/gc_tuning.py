@@ -19,6 +19,7 @@ YOUNG_THRESHOLD = 50_000
 
 def tune_gc() -> None:
     """Move everything built so far out of the collector's sight (start-up is
-    done), and run passes less often; cycles are still collected."""
+    done), and run young passes less often; the older generations keep their
+    default ratios, and cycles are still collected."""
     gc.freeze()
-    gc.set_threshold(YOUNG_THRESHOLD, 20, 100)
+    gc.set_threshold(YOUNG_THRESHOLD, 10, 10)
