@@ -76,7 +76,13 @@ def test_edge_installs_imports_and_round_trips_on_python_3_9(tmp_path: Path) -> 
         "cfg = config.parse_config(toml.loads(open(%r).read()),"
         " {'FIELDLINE_MQTT_PASSWORD': 'x'}, '/')\n"
         "assert [s.driver for s in cfg.sensors][:2] == ['cpu_temperature', 'system'], cfg\n"
-        "sp = spool.Spool(':memory:', 'd'); sp.append(r, 1764253800000); sp.close()\n"
+        "sp = spool.Spool(':memory:', 'd'); sp.append(r, 1764253800000)\n"
+        # Version 2 through the standard library's json (no orjson here).
+        "sp.append(r, 1764253800001, c.SCHEMA_TELEMETRY_V2)\n"
+        "v1, v2 = (c.decode_telemetry(c.telemetry_topic('s', 'd'), m.payload)"
+        " for m in sp.peek(-1, 2))\n"
+        "assert (v1.schema, v2.schema) == (c.SCHEMA_TELEMETRY_V1, c.SCHEMA_TELEMETRY_V2)\n"
+        "assert v1.readings == v2.readings == r; sp.close()\n"
         "import sys; print(sys.version_info[:2])\n"
     )
     example = EDGE_PROJECT.parent / "deploy" / "edge" / "fieldline-edge.example.toml"
