@@ -253,9 +253,12 @@ def demo_command(
         )  # fmt: skip
         alerts = AlertFeed(stack.mosquitto.host, stack.mosquitto.port)
         if FAULTS_SCENARIO.is_file():  # in a source checkout
+            # This fleet speaks the columnar telemetry/2, the other v1: one
+            # pipeline takes both versions side by side.
             faults = _spawn(
                 [
                     "sim", "fleet", str(FAULTS_SCENARIO), "--duration-s", str(sim_seconds),
+                    "--schema", "2",
                     "--ground-truth", str(root / "faults-ground-truth"),
                     "--instance", FAULTS_INSTANCE, "--quiet",
                 ],
