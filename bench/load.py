@@ -37,6 +37,8 @@ PUBLISH_INFLIGHT = 1000
 #: Messages handed to paho and not yet acknowledged, at most: paho's message ids
 #: are 16 bits (MQTT 3.1.1 §2.3.1), so more than 65,535 would collide.
 MAX_OUTSTANDING = 20_000
+#: The same bound for the paced (latency) publishers: about 30 ms of their rate.
+PACED_OUTSTANDING = 200
 
 
 def device_name(index: int) -> str:
@@ -203,7 +205,12 @@ def paced_process(
     With ``spike_every``, every that many messages of a device (after a warm-up)
     carries a spike in its first reading (:func:`spike`), for alert latency.
     Reports ``(device, seq, ts, spike index or 0)`` of every message, for latency
-    and ground truth.
+    and ground truth, and the seconds it published for.
+
+    At most :data:`PACED_OUTSTANDING` messages are handed to paho and not yet
+    acknowledged: a publisher that cannot keep the rate falls behind (and says
+    so, in its achieved rate) instead of queueing stamped messages in paho,
+    which would count the publisher's own backlog as the pipeline's latency.
     """
     acks = _Acks()
     client = _connect(host, port, client_id, acks)
@@ -217,10 +224,12 @@ def paced_process(
     while True:
         due = t0 + n / msgs_per_s
         now = time.monotonic()
-        if due - t0 >= duration_s:
+        if due - t0 >= duration_s or now - t0 >= duration_s:
             break
         if due > now:
             time.sleep(due - now)
+        if n - acks.count >= PACED_OUTSTANDING:
+            acks.wait(n - PACED_OUTSTANDING + 1, 60)
         d = n % devices
         dev = first_device + d
         ts = int(time.time() * 1000)
@@ -235,10 +244,11 @@ def paced_process(
         client.publish(telemetry_topic(site, device_name(dev)), payload, qos=1)
         sent.append((dev, seqs[d], ts, k))
         n += 1
+    elapsed = time.monotonic() - t0
     acks.wait(n, 120)
     client.disconnect()
     client.loop_stop()
-    results.put(("done", client_id, sent))
+    results.put(("done", client_id, sent, elapsed))
 
 
 class Publishers:
