@@ -68,6 +68,16 @@ def readings(draw: st.DrawFn) -> dict[str, Any]:
     return r
 
 
+def damaged(draw: st.DrawFn, obj: dict[str, Any]) -> bytes:
+    """``obj`` as JSON, now and then without one of its fields or cut short."""
+    if draw(st.integers(0, 19)) == 0:
+        del obj[draw(st.sampled_from(list(obj)))]
+    text = json.dumps(obj)
+    if draw(st.integers(0, 19)) == 0:
+        text = text[: draw(st.integers(0, len(text)))]
+    return text.encode()
+
+
 @st.composite
 def messages(draw: st.DrawFn) -> bytes:
     obj: dict[str, Any] = {
@@ -76,12 +86,7 @@ def messages(draw: st.DrawFn) -> bytes:
         "seq": draw(edgy(st.integers(0, 2**63 - 1), st.sampled_from([2**63, -1, True, 1.0, "1"]))),
         "readings": draw(st.lists(readings(), min_size=0, max_size=6)),
     }
-    if draw(st.integers(0, 19)) == 0:
-        del obj[draw(st.sampled_from(list(obj)))]
-    text = json.dumps(obj)
-    if draw(st.integers(0, 19)) == 0:
-        text = text[: draw(st.integers(0, len(text)))]
-    return text.encode()
+    return damaged(draw, obj)
 
 
 @st.composite
@@ -111,12 +116,7 @@ def messages_v2(draw: st.DrawFn) -> bytes:
         "seq": draw(edgy(st.integers(0, 2**63 - 1), st.sampled_from([2**63, -1, True, 1.0, "1"]))),
         "series": draw(edgy(st.lists(series_v2(), min_size=1, max_size=4), st.just([]))),
     }
-    if draw(st.integers(0, 19)) == 0:
-        del obj[draw(st.sampled_from(list(obj)))]
-    text = json.dumps(obj)
-    if draw(st.integers(0, 19)) == 0:
-        text = text[: draw(st.integers(0, len(text)))]
-    return text.encode()
+    return damaged(draw, obj)
 
 
 @settings(

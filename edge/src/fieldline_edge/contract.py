@@ -358,6 +358,25 @@ def _header(device: str, obj: dict[str, Any]) -> int:
     return seq  # type: ignore[no-any-return]
 
 
+def _batch(obj: dict[str, Any], name: str) -> list[Any]:
+    """The message's non-empty list ``name`` (v1's readings, v2's series)."""
+    raw = _field(obj, name)
+    if not isinstance(raw, list):
+        raise ContractError("wrong_type", f"{name} must be a list")
+    if not raw:
+        raise ContractError("empty_batch", f"{name} is empty")
+    return raw
+
+
+def _check_unit(where: str, unit: object) -> None:
+    if unit != "" and not _unit_ok(unit):
+        raise ContractError(
+            "wrong_type",
+            f"{where}.unit must be a string of at most {MAX_UNIT_LEN} printable "
+            "characters without a backslash",
+        )
+
+
 def _check_future(newest: int, latest_ts_ms: Optional[int]) -> None:
     if latest_ts_ms is not None and newest > latest_ts_ms:
         raise ContractError(
@@ -371,11 +390,7 @@ def _telemetry_v1(
     site: str, device: str, obj: dict[str, Any], latest_ts_ms: Optional[int]
 ) -> Telemetry:
     seq = _header(device, obj)
-    raw = _field(obj, "readings")
-    if not isinstance(raw, list):
-        raise ContractError("wrong_type", "readings must be a list")
-    if not raw:
-        raise ContractError("empty_batch", "readings is empty")
+    raw = _batch(obj, "readings")
     if len(raw) > MAX_READINGS_PER_MESSAGE:
         raise ContractError("too_large", f"{len(raw)} readings > {MAX_READINGS_PER_MESSAGE}")
     readings: list[Reading] = []
@@ -398,12 +413,7 @@ def _telemetry_v1(
         ts, value = _check_reading(f"readings[{i}]", ts, value)
         if ts > newest:
             newest = ts
-        if unit != "" and not _unit_ok(unit):
-            raise ContractError(
-                "wrong_type",
-                f"readings[{i}].unit must be a string of at most {MAX_UNIT_LEN} printable "
-                "characters without a backslash",
-            )
+        _check_unit(f"readings[{i}]", unit)
         append(Reading(sensor, ts, value, unit))
     _check_future(newest, latest_ts_ms)
     return Telemetry(site, device, seq, readings)
@@ -413,11 +423,7 @@ def _telemetry_v2(
     site: str, device: str, obj: dict[str, Any], latest_ts_ms: Optional[int]
 ) -> Telemetry:
     seq = _header(device, obj)
-    raw = _field(obj, "series")
-    if not isinstance(raw, list):
-        raise ContractError("wrong_type", "series must be a list")
-    if not raw:
-        raise ContractError("empty_batch", "series is empty")
+    raw = _batch(obj, "series")
     readings: list[Reading] = []
     newest = MIN_TIMESTAMP_MS
     for i, s in enumerate(raw):
@@ -440,12 +446,7 @@ def _telemetry_v2(
             raise ContractError("empty_batch", f"{where} has no readings")
         if len(readings) + len(ts) > MAX_READINGS_PER_MESSAGE:
             raise ContractError("too_large", f"more than {MAX_READINGS_PER_MESSAGE} readings")
-        if unit != "" and not _unit_ok(unit):
-            raise ContractError(
-                "wrong_type",
-                f"{where}.unit must be a string of at most {MAX_UNIT_LEN} printable "
-                "characters without a backslash",
-            )
+        _check_unit(where, unit)
         for j, (t, v) in enumerate(zip(ts, values)):
             t, v = _check_reading(f"{where}[{j}]", t, v)
             if t > newest:
