@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,7 @@ class Bench:
             "batch": batch,
             "schema": schema,
             "messages": count,
-            "payload_bytes": len(messages(specs[0])[0][1]),
+            "payload_bytes": len(messages(replace(specs[0], devices=1, msgs_per_device=1))[0][1]),
             "msgs_per_s": round(msgs_per_s),
             "readings_per_s": round(msgs_per_s * batch),
             "seconds": round(last - first, 2),

@@ -9,6 +9,7 @@ import pytest
 import tomllib
 from fieldline_edge import toml
 from fieldline_edge.config import ConfigError, build_driver, load_config, parse_config
+from fieldline_edge.contract import SCHEMA_TELEMETRY_V1, SCHEMA_TELEMETRY_V2
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "deploy" / "edge" / "fieldline-edge.example.toml"
@@ -172,3 +173,36 @@ def test_environment_overrides_keys_that_are_also_in_the_file(tmp_path: Path) ->
     assert cfg.mqtt.broker.password == "from-env-file"
     assert cfg.mqtt.tls is not None
     assert cfg.mqtt.tls.ca_file == str(other)
+
+
+def test_version_1_is_the_default_and_2_selects_the_columnar_schema() -> None:
+    assert parse(MINIMAL).agent.telemetry_schema == SCHEMA_TELEMETRY_V1
+    assert (
+        parse(MINIMAL + "[agent]\ntelemetry_schema = 1\n").agent.telemetry_schema
+        == SCHEMA_TELEMETRY_V1
+    )
+    assert (
+        parse(MINIMAL + "[agent]\ntelemetry_schema = 2\n").agent.telemetry_schema
+        == SCHEMA_TELEMETRY_V2
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("3", "3"),
+        ("0", "0"),
+        ('"2"', "'2'"),
+        ('"fieldline.telemetry/2"', "'fieldline.telemetry/2'"),
+        ("2.0", "2.0"),
+        ("true", "True"),
+        ("[2]", "[2]"),
+    ],
+)
+def test_a_bad_schema_names_the_key_and_the_choices(value: str, shown: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse(MINIMAL + f"[agent]\ntelemetry_schema = {value}\n")
+    assert str(exc.value) == (
+        "agent.telemetry_schema: must be 1 (fieldline.telemetry/1) or 2 (fieldline.telemetry/2),"
+        f" got {shown}"
+    )

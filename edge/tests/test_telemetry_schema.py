@@ -1,4 +1,5 @@
-"""agent.telemetry_schema: v1 by default, v2 when configured, spooled batches as written."""
+"""agent.telemetry_schema: spooled batches as written, v1 or v2 on the wire (the key
+itself is checked in test_config.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-import tomllib
 from fieldline_edge import contract
 from fieldline_edge.agent import AgentReport, DevicePublisher
-from fieldline_edge.config import ConfigError, parse_config
 from fieldline_edge.contract import SCHEMA_TELEMETRY_V1, SCHEMA_TELEMETRY_V2, Reading
 from fieldline_edge.edge_cli import agent_from_config
 from fieldline_edge.mqtt import Connection, parse_broker_url
@@ -20,23 +19,6 @@ from fieldline_edge.spool import Spool
 
 Subscribe = Callable[[str, list[str]], Any]
 NOW_MS = 1_764_253_800_000
-
-MINIMAL = """
-[device]
-id = "pi-1"
-site = "home"
-
-[mqtt]
-url = "mqtt://127.0.0.1:1883"
-
-[[sensors]]
-name = "cpu"
-driver = "cpu_temperature"
-"""
-
-
-def parse(agent_table: str) -> Any:
-    return parse_config(tomllib.loads(MINIMAL + agent_table), {})
 
 
 def mixed_readings(n: int) -> list[Reading]:
@@ -58,36 +40,6 @@ def by_sensor(readings: list[Reading]) -> dict[str, list[Reading]]:
     for r in readings:
         out.setdefault(r.sensor, []).append(r)
     return out
-
-
-# --------------------------------------------------------------------------- configuration
-
-
-def test_version_1_is_the_default_and_2_selects_the_columnar_schema() -> None:
-    assert parse("").agent.telemetry_schema == SCHEMA_TELEMETRY_V1
-    assert parse("[agent]\ntelemetry_schema = 1\n").agent.telemetry_schema == SCHEMA_TELEMETRY_V1
-    assert parse("[agent]\ntelemetry_schema = 2\n").agent.telemetry_schema == SCHEMA_TELEMETRY_V2
-
-
-@pytest.mark.parametrize(
-    ("value", "shown"),
-    [
-        ("3", "3"),
-        ("0", "0"),
-        ('"2"', "'2'"),
-        ('"fieldline.telemetry/2"', "'fieldline.telemetry/2'"),
-        ("2.0", "2.0"),
-        ("true", "True"),
-        ("[2]", "[2]"),
-    ],
-)
-def test_a_bad_schema_names_the_key_and_the_choices(value: str, shown: str) -> None:
-    with pytest.raises(ConfigError) as exc:
-        parse(f"[agent]\ntelemetry_schema = {value}\n")
-    assert str(exc.value) == (
-        "agent.telemetry_schema: must be 1 (fieldline.telemetry/1) or 2 (fieldline.telemetry/2),"
-        f" got {shown}"
-    )
 
 
 # --------------------------------------------------------------------------- spool
