@@ -198,7 +198,7 @@ device_id = "pi-2"
     args = ["deploy", "--inventory", str(inventory), "--operator-dir", str(tmp_path / "op")]
     code, report = deploy([*args, "--unit", str(unit)], capsys)
     assert code == 1
-    assert (report["devices"], report["failed"], report["ok"]) == (2, 1, False)
+    assert (report["devices"], report["failed"], report["ok"]) == (2, 1, False), report
     ok, failed = results(report)
     assert (ok["device"], ok["ok"]) == ("pi-1", True)
     assert (failed["device"], failed["ok"]) == ("pi-2", False)

@@ -75,6 +75,36 @@ def test_operator_dir_reuses_a_password_until_rotated(tmp_path: Path) -> None:
         op.device("farm", "../etc")
 
 
+def test_devices_provisioned_at_once_all_reach_the_broker_files(tmp_path: Path) -> None:
+    """A fleet deploy provisions from several threads; no device may be lost or fail."""
+    op = OperatorDir(tmp_path / "op")  # not made yet: the threads race to make it
+    devices = [f"pi-{i}" for i in range(12)]
+    start = threading.Barrier(len(devices))
+    creds: dict[str, str] = {}
+    errors: list[BaseException] = []
+
+    def provision(device: str) -> None:
+        start.wait()
+        try:
+            creds[device] = op.device("farm", device).password
+        except BaseException as exc:  # reported below with the device's name
+            errors.append(exc)
+
+    threads = [threading.Thread(target=provision, args=(d,)) for d in devices]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    entries = dict(line.split(":", 1) for line in op.broker_password_file.read_text().splitlines())
+    assert sorted(entries) == sorted(f"farm/{d}" for d in devices)
+    for device, password in creds.items():
+        assert check_mosquitto_hash(password, entries[f"farm/{device}"])
+    acl = op.broker_acl_file.read_text()
+    assert all(f"topic write fieldline/farm/{d}/#" in acl for d in devices)
+    assert (op.path / ".gitignore").read_text() == "*\n"
+
+
 def _connect(port: int, user: str, password: str) -> tuple[mqtt.Client, str]:
     """A connected client and the CONNACK's reason ('Success' or why not)."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)

@@ -16,17 +16,20 @@ broker that still has the old one::
     <operator-dir>/devices/<site>/<device>/mosquitto.acl    the device's ACL block
     <operator-dir>/mosquitto/passwd                         every device's line, for password_file
     <operator-dir>/mosquitto/acl                            every device's block, for acl_file
+    <operator-dir>/.lock                                    held while a device is added
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import os
 import secrets
 from pathlib import Path
-from typing import List, NamedTuple, Tuple
+from typing import Iterator, List, NamedTuple, Tuple
 
 from fieldline_edge import contract
 
@@ -143,19 +146,22 @@ class OperatorDir:
         """The device's credentials, made on first use (or with ``rotate``), then reused."""
         d = self.device_dir(site, device)
         secret = d / "password"
-        created = rotate or not secret.is_file()
-        if created:
-            self._init_dir()
-            password = new_password()
-            write_secret(secret, password + "\n")
-            user = device_username(site, device)
-            write_secret(d / "mosquitto.passwd", password_line(user, password))
-            (d / "mosquitto.acl").write_text(acl_block(site, device))
-            self.rebuild()
-        else:
-            password = secret.read_text().strip()
-            if not password:
-                raise ValueError(f"{secret} is empty; use --rotate to make a new password")
+        # A fleet deploy provisions devices from several threads (and an operator may
+        # run two commands at once); the broker files are rebuilt from every device
+        # folder, so each change and its rebuild must happen alone.
+        with self._locked():
+            created = rotate or not secret.is_file()
+            if created:
+                password = new_password()
+                write_secret(secret, password + "\n")
+                user = device_username(site, device)
+                write_secret(d / "mosquitto.passwd", password_line(user, password))
+                (d / "mosquitto.acl").write_text(acl_block(site, device))
+                self.rebuild()
+            else:
+                password = secret.read_text().strip()
+        if not created and not password:
+            raise ValueError(f"{secret} is empty; use --rotate to make a new password")
         return DeviceCredentials(
             site, device, password, created, secret, self.broker_password_file,
             self.broker_acl_file,
@@ -183,9 +189,22 @@ class OperatorDir:
         write_secret(self.broker_password_file, "".join(lines))
         self.broker_acl_file.write_text("".join(blocks))
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the operator dir's lock (an flock, so threads and processes both wait)."""
+        self._init_dir()
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def _init_dir(self) -> None:
-        if not self.path.exists():
+        try:
             self.path.mkdir(parents=True)
-            self.path.chmod(0o700)
-            # Even an operator dir inside a checkout must never be committed.
-            (self.path / ".gitignore").write_text("*\n")
+        except FileExistsError:
+            return
+        self.path.chmod(0o700)
+        # Even an operator dir inside a checkout must never be committed.
+        (self.path / ".gitignore").write_text("*\n")
