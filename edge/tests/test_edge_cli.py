@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -72,6 +73,14 @@ def test_missing_arguments_print_usage() -> None:
                 "sim:t:K",
             ],
             "sensor names must be unique",
+        ),
+        (
+            ["run", "--broker", "mqtt://h", "--site", "s", "--device", "d", "--schema", "3"],
+            "argument --schema: invalid choice: 3 (choose from 1, 2)",
+        ),
+        (
+            ["run", "--config", "edge.toml", "--schema", "2"],
+            "--config cannot be combined with --schema",
         ),
     ],
 )
@@ -149,12 +158,20 @@ def test_sigkill_makes_the_broker_publish_the_last_will(
 
 
 @pytest.mark.services
-def test_sigterm_stops_cleanly(mosquitto: Any, subscribe: Subscribe) -> None:
+@pytest.mark.parametrize(
+    ("flags", "schema"),
+    [([], contract.SCHEMA_TELEMETRY_V1), (["--schema", "2"], contract.SCHEMA_TELEMETRY_V2)],
+)
+def test_sigterm_stops_cleanly(
+    mosquitto: Any, subscribe: Subscribe, flags: list[str], schema: str
+) -> None:
     device = f"dev-{uuid.uuid4().hex[:12]}"
     tele_topic = contract.telemetry_topic("test", device)
     status_topic = contract.status_topic("test", device)
     sub = subscribe(mosquitto.url, [f"fieldline/test/{device}/#"])
-    proc = subprocess.Popen(agent_command(mosquitto.url, device), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        agent_command(mosquitto.url, device, *flags), stderr=subprocess.PIPE, text=True
+    )
     try:
         sub.wait_for(lambda ms: any(m.topic == tele_topic for m in ms))
         os.kill(proc.pid, signal.SIGTERM)
@@ -169,7 +186,9 @@ def test_sigterm_stops_cleanly(mosquitto: Any, subscribe: Subscribe) -> None:
     msgs = sub.wait_for(
         lambda ms: any(m.topic == status_topic and b'"offline"' in m.payload for m in ms)
     )
-    batches = [contract.decode_telemetry(m.topic, m.payload) for m in msgs if m.topic == tele_topic]
+    tele = [m.payload for m in msgs if m.topic == tele_topic]
+    assert {json.loads(p)["schema"] for p in tele} == {schema}
+    batches = [contract.decode_telemetry(tele_topic, p) for p in tele]
     seq0 = batches[0].seq
     assert [t.seq for t in batches] == list(range(seq0, seq0 + len(batches)))
 

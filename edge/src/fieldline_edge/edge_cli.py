@@ -24,7 +24,12 @@ from typing import Callable, Optional, Sequence
 from fieldline_edge import contract, fleet_cli
 from fieldline_edge.agent import ACK_TIMEOUT_S, MAX_BATCH_DELAY_S, Agent, Scheduled
 from fieldline_edge.clock import Clock
-from fieldline_edge.config import ConfigError, build_driver, load_config
+from fieldline_edge.config import (
+    TELEMETRY_SCHEMA_VERSIONS,
+    ConfigError,
+    build_driver,
+    load_config,
+)
 from fieldline_edge.mqtt import BrokerURL, TLSConfig, parse_broker_url
 from fieldline_edge.sdnotify import Notifier
 from fieldline_edge.sensors import CpuTemperature, Sensor, SimulatedSensor
@@ -158,6 +163,14 @@ def _build_parsers(prog: str) -> tuple[argparse.ArgumentParser, argparse.Argumen
         help="readings per telemetry message (default: 10)",
     )
     run.add_argument(
+        "--schema",
+        type=int,
+        choices=sorted(TELEMETRY_SCHEMA_VERSIONS),
+        default=None,
+        help="telemetry payload version: 1 (a list of readings) or 2 (columns, for a pipeline "
+        "that reads it); as agent.telemetry_schema in a config file (default: 1)",
+    )
+    run.add_argument(
         "--max-batch-delay-s",
         type=_non_negative_float,
         default=MAX_BATCH_DELAY_S,
@@ -193,7 +206,9 @@ def _build_parsers(prog: str) -> tuple[argparse.ArgumentParser, argparse.Argumen
 
 
 #: Flags that describe the device; with --config the file does.
-_DEVICE_FLAGS = ("broker", "site", "device", "sensors", "ca_file", "cert_file", "key_file")
+_DEVICE_FLAGS = (
+    "broker", "site", "device", "sensors", "ca_file", "cert_file", "key_file", "schema",
+)  # fmt: skip
 
 
 def make_sensors(
@@ -351,6 +366,7 @@ def agent_from_flags(args: argparse.Namespace) -> Agent:
             tls=tls,
             spool=spool,
             notifier=Notifier(),
+            telemetry_schema=TELEMETRY_SCHEMA_VERSIONS[args.schema or 1],
         )
     except BaseException:
         spool.close()
