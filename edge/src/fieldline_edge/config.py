@@ -65,11 +65,6 @@ DRIVERS = ("cpu_temperature", "ds18b20", "bme280", "system", "command", "file", 
 #: The longest suffix a driver adds to the sensor's name in its readings' ids.
 _LONGEST_SUFFIX = {"system": ".mem_available_mb", "bme280": ".temperature"}
 ENV_PREFIX = "FIELDLINE_MQTT_"
-#: ``agent.telemetry_schema``: the version number the file gives -> the payload's schema.
-TELEMETRY_SCHEMA_VERSIONS = {
-    1: contract.SCHEMA_TELEMETRY_V1,
-    2: contract.SCHEMA_TELEMETRY_V2,
-}
 
 
 class ConfigError(ValueError):
@@ -229,11 +224,10 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str], base_dir: str 
 def _telemetry_schema(ag: _Table) -> str:
     # Version 1 stays the default: a device must not switch a pipeline that
     # predates version 2 to a format it cannot read.
-    version = ag.get("telemetry_schema", 1)
-    if type(version) is not int or version not in TELEMETRY_SCHEMA_VERSIONS:
-        known = " or ".join(f"{v} ({s})" for v, s in TELEMETRY_SCHEMA_VERSIONS.items())
-        raise ConfigError("agent.telemetry_schema", f"must be {known}, got {version!r}")
-    return TELEMETRY_SCHEMA_VERSIONS[version]
+    try:
+        return contract.telemetry_schema(ag.get("telemetry_schema", 1))
+    except ValueError as exc:
+        raise ConfigError("agent.telemetry_schema", str(exc)) from None
 
 
 def _sensors(

@@ -48,6 +48,8 @@ SCHEMA_TELEMETRY_V1 = "fieldline.telemetry/1"
 #: decodes it without touching each reading in Python.
 SCHEMA_TELEMETRY_V2 = "fieldline.telemetry/2"
 TELEMETRY_SCHEMAS = (SCHEMA_TELEMETRY_V1, SCHEMA_TELEMETRY_V2)
+#: The version number a config file, scenario or flag gives -> the payload's schema.
+TELEMETRY_SCHEMA_VERSIONS = {1: SCHEMA_TELEMETRY_V1, 2: SCHEMA_TELEMETRY_V2}
 SCHEMA_STATUS_V1 = "fieldline.status/1"
 SCHEMA_ALERT_V1 = "fieldline.alert/1"
 SCHEMA_DEAD_LETTER_V1 = "fieldline.deadletter/1"
@@ -81,6 +83,14 @@ MAX_ABS_VALUE = 1e100
 # system's own topics). "/", "+", "#" and "$" can never appear, which keeps them
 # safe as MQTT topic levels and as InfluxDB tag values.
 _ID_RE = re.compile(r"[^\W_][\w.\-]{0,63}\Z")
+
+
+def telemetry_schema(version: object) -> str:
+    """The schema of telemetry version ``version`` (the int 1 or 2); ``ValueError`` otherwise."""
+    if type(version) is not int or version not in TELEMETRY_SCHEMA_VERSIONS:
+        known = " or ".join(f"{v} ({s})" for v, s in TELEMETRY_SCHEMA_VERSIONS.items())
+        raise ValueError(f"must be {known}, got {version!r}")
+    return TELEMETRY_SCHEMA_VERSIONS[version]
 
 
 def _show(value: object) -> str:

@@ -24,12 +24,7 @@ from typing import Callable, Optional, Sequence
 from fieldline_edge import contract, fleet_cli
 from fieldline_edge.agent import ACK_TIMEOUT_S, MAX_BATCH_DELAY_S, Agent, Scheduled
 from fieldline_edge.clock import Clock
-from fieldline_edge.config import (
-    TELEMETRY_SCHEMA_VERSIONS,
-    ConfigError,
-    build_driver,
-    load_config,
-)
+from fieldline_edge.config import ConfigError, build_driver, load_config
 from fieldline_edge.mqtt import BrokerURL, TLSConfig, parse_broker_url
 from fieldline_edge.sdnotify import Notifier
 from fieldline_edge.sensors import CpuTemperature, Sensor, SimulatedSensor
@@ -165,7 +160,7 @@ def _build_parsers(prog: str) -> tuple[argparse.ArgumentParser, argparse.Argumen
     run.add_argument(
         "--schema",
         type=int,
-        choices=sorted(TELEMETRY_SCHEMA_VERSIONS),
+        choices=sorted(contract.TELEMETRY_SCHEMA_VERSIONS),
         default=None,
         help="telemetry payload version: 1 (a list of readings) or 2 (columns, for a pipeline "
         "that reads it); as agent.telemetry_schema in a config file (default: 1)",
@@ -366,7 +361,7 @@ def agent_from_flags(args: argparse.Namespace) -> Agent:
             tls=tls,
             spool=spool,
             notifier=Notifier(),
-            telemetry_schema=TELEMETRY_SCHEMA_VERSIONS[args.schema or 1],
+            telemetry_schema=contract.telemetry_schema(args.schema or 1),
         )
     except BaseException:
         spool.close()

@@ -38,7 +38,7 @@ from fieldline_sim.metrics import FleetMetrics, default_instance
 from fieldline_sim.progress import ProgressLine, count
 from fieldline_sim.replay import ReplayProgress, replay_paths
 from fieldline_sim.runner import DEFAULT_CONNECTIONS, Progress, RunConfig, ScenarioRunner
-from fieldline_sim.scenario import Scenario, load_scenario, telemetry_schema
+from fieldline_sim.scenario import Scenario, load_scenario
 
 app = typer.Typer(
     help="Simulated device fleets, scenario files with injected faults, CSV replay.",
@@ -63,7 +63,7 @@ class Version(str, enum.Enum):
 
     @property
     def schema(self) -> str:
-        return telemetry_schema(int(self.value))
+        return contract.telemetry_schema(int(self.value))
 
 
 SchemaVersion = Annotated[Version, typer.Option("--schema", help=_SCHEMA_HELP)]

@@ -93,18 +93,6 @@ FAULT_PARAMS: dict[str, tuple[tuple[str, ...], tuple[float, float]]] = {
     "out_of_order": ((), (3.0, 20.0)),
 }
 DIRECTIONS = ("up", "down", "both")
-#: ``telemetry_schema`` (scenario key, ``--schema``): version -> the payloads' schema.
-TELEMETRY_SCHEMAS = {1: contract.SCHEMA_TELEMETRY_V1, 2: contract.SCHEMA_TELEMETRY_V2}
-
-
-def telemetry_schema(version: object) -> str:
-    """The schema of telemetry version ``version`` (1 or 2); ``ValueError`` otherwise."""
-    if type(version) is not int or version not in TELEMETRY_SCHEMAS:
-        raise ValueError(
-            f"must be 1 ({contract.SCHEMA_TELEMETRY_V1}) or 2 "
-            f"({contract.SCHEMA_TELEMETRY_V2}), got {version!r}"
-        )
-    return TELEMETRY_SCHEMAS[version]
 
 
 class ScenarioError(ValueError):
@@ -251,7 +239,7 @@ def check_runnable(s: Scenario, source: str) -> Scenario:
 def _schema(r: _Table) -> str:
     r.seen.add("telemetry_schema")
     try:
-        return telemetry_schema(r.raw.get("telemetry_schema", 1))
+        return contract.telemetry_schema(r.raw.get("telemetry_schema", 1))
     except ValueError as exc:
         raise r.error("telemetry_schema", str(exc)) from None
 
