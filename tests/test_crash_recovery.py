@@ -50,6 +50,9 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     try:
         for _ in range(KILLS):
             time.sleep(rng.uniform(1.0, 3.0))
+            # Each start must still be running when it is killed: a pipeline that
+            # exited on its own (a crash loop on replayed input) fails here.
+            assert pipeline.proc.poll() is None, pipeline.log_text()[-3000:]
             pipeline.kill()
             time.sleep(rng.uniform(0.2, 1.5))  # devices keep publishing meanwhile
             pipeline.restart()
@@ -66,8 +69,6 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
         lambda _w: caught_up(pipeline, summary["published_messages"]), 120
     ), (pipeline.metrics(), pipeline.log_text()[-3000:])
     assert pipeline.stop() == 0, pipeline.log_text()[-3000:]
-    log = pipeline.log_text()
-    assert log.count("starting pipeline") == KILLS + 1
-    assert "Traceback" not in log
+    assert "Traceback" not in pipeline.log_text()
     stored = assert_windows_match_ground_truth(influxdb, influx_db, gt, WINDOW_MS)
     assert stored == summary["published_readings"]
