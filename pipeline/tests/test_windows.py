@@ -1,6 +1,9 @@
 import pytest
 from fieldline_edge.contract import Reading, Telemetry
-from fieldline_pipeline.windows import DeviceWindows, WindowConfig
+from fieldline_pipeline.aggregates import Agg
+from fieldline_pipeline.windows import SEQ_WINDOW, DeviceWindows, WindowConfig
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 T0 = 1_700_000_000_000  # a multiple of 10 s
 CFG = WindowConfig(width_ms=10_000, lateness_ms=2_000, idle_timeout_ms=30_000)
@@ -102,3 +105,168 @@ def test_dedupe_state_survives_snapshot() -> None:
     b = DeviceWindows.restore(a.snapshot(), CFG)
     assert b.is_duplicate(2)
     assert not b.is_duplicate(4)
+
+
+# ---------------------------------------------------------------- dedupe: any gap
+
+W = SEQ_WINDOW
+
+
+def bounded(w: DeviceWindows) -> bool:
+    return w.seq_mask.bit_length() <= W and w.prev_seq_mask.bit_length() <= W
+
+
+@pytest.mark.parametrize(
+    "seqs",
+    [
+        [1, 1_800_000_000_000],  # a counter restarted at its start time in ms
+        [5, 2**63 - 1],  # the contract's largest seq
+        [0, 2**63 - 1, 1, 2**62],
+        [2**63 - 1, 0],
+    ],
+)
+def test_any_jump_keeps_the_dedupe_small_and_exact(seqs: list[int]) -> None:
+    w = DeviceWindows(CFG)
+    assert [w.is_duplicate(s) for s in seqs] == [False] * len(seqs)
+    assert bounded(w)
+    assert all(w.is_duplicate(s) for s in seqs[-2:])  # both runs are remembered
+
+
+def test_a_restarted_counter_is_deduplicated_and_the_old_one_still_is() -> None:
+    w = DeviceWindows(CFG)
+    old = 1_800_000_000_000
+    for s in range(old, old + 10):
+        assert not w.is_duplicate(s)
+    # The device restarts its counter at 0 (far below the window: a new run) ...
+    assert [w.is_duplicate(s) for s in (0, 1, 2)] == [False, False, False]
+    # ... and a copy of a message sent before the restart arrives late.
+    assert w.is_duplicate(old + 9)
+    assert [w.is_duplicate(s) for s in (1, 3, 2, old + 10, old + 10)] == [
+        True, False, True, False, True,
+    ]  # fmt: skip
+
+
+def test_a_spool_replayed_beside_live_messages_is_deduplicated_in_both_runs() -> None:
+    w = DeviceWindows(CFG)
+    live = iter(range(100_000, 100_100))
+    spooled = iter(range(10_000, 10_100))
+    sent = []
+    for _ in range(100):  # live and spooled messages interleaved
+        for it in (live, spooled):
+            s = next(it)
+            assert not w.is_duplicate(s)
+            sent.append(s)
+    assert all(w.is_duplicate(s) for s in sent)  # each copy is caught
+
+
+def test_a_third_far_run_forgets_the_run_used_least_recently() -> None:
+    w = DeviceWindows(CFG)
+    for s in (10**6, 10**9, 10**6 + 1, 10**12):  # 10**6's run was used after 10**9's
+        assert not w.is_duplicate(s)
+    assert w.is_duplicate(10**6 + 1)
+    assert w.is_duplicate(10**12)
+    assert not w.is_duplicate(10**9)  # forgotten: taken as new, never wrongly dropped
+
+
+def test_a_snapshot_of_the_single_run_format_restores() -> None:
+    a = DeviceWindows(CFG)
+    for s in (7, 8, 9):
+        a.is_duplicate(s)
+    snap = a.snapshot()
+    del snap["prev_max_seq"], snap["prev_seq_mask"]  # as written before the second run
+    b = DeviceWindows.restore(snap, CFG)
+    assert b.is_duplicate(8)
+    assert not b.is_duplicate(10**15)
+    assert b.is_duplicate(9)  # the restored run is kept beside the new one
+
+
+def test_a_failed_update_leaves_the_windows_as_they_were(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fieldline_pipeline import windows
+
+    w = DeviceWindows(CFG)
+    w.add(msg(0, ("a", T0 + 1_000, 1.0), ("b", T0 + 1_000, 1.0)), 0)
+    before = w.snapshot()
+    real = windows._merged
+
+    def fails_on_b(x: Agg, y: Agg) -> Agg:
+        if y.first == 99.0:
+            raise ZeroDivisionError("a bug")
+        return real(x, y)
+
+    monkeypatch.setattr(windows, "_merged", fails_on_b)
+    with pytest.raises(ZeroDivisionError):  # "a" merges first, then "b" fails
+        w.add(msg(1, ("a", T0 + 2_000, 5.0), ("b", T0 + 2_000, 99.0), ("a", T0 + 30_000, 1.0)), 7)
+    assert w.snapshot() == before
+
+
+@st.composite
+def seq_streams(draw: st.DrawFn) -> list[int]:
+    """Sequences that mix steps, repeats, and jumps of any size in both directions."""
+    out: list[int] = []
+    for _ in range(draw(st.integers(1, 80))):
+        kind = draw(st.sampled_from(["step", "step", "step", "repeat", "near", "far"]))
+        last = out[-1] if out else 0
+        if kind == "step":
+            s = last + draw(st.integers(1, 3))
+        elif kind == "repeat" and out:
+            s = draw(st.sampled_from(out))
+        elif kind == "near":
+            s = last + draw(st.integers(-W - 2, W + 2))
+        else:
+            s = draw(st.sampled_from([0, 1, W - 1, W, W + 1, 2 * W, 1_800_000_000_000]))
+            s = draw(st.one_of(st.just(s), st.integers(0, 2**63 - 1), st.just(2**63 - 1)))
+        out.append(min(max(s, 0), 2**63 - 1))
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(seq_streams())
+def test_dedupe_of_any_sequence_is_bounded_never_wrong_and_catches_copies_in_the_window(
+    seqs: list[int],
+) -> None:
+    """A copy of ``s`` is caught while ``s`` is in the window below the highest
+    seq seen (``> max - SEQ_WINDOW``) and no seq since has fallen below the
+    window (a restart); a seq never seen is never taken for a copy."""
+    w = DeviceWindows(CFG)
+    seen: set[int] = set()
+    must_catch: set[int] = set()
+    top = -1
+    for s in seqs:
+        dup = w.is_duplicate(s)
+        assert bounded(w)
+        if dup:
+            assert s in seen, f"{s} was never seen"
+        top = max(top, s)
+        if s > top - W:
+            if s in must_catch:
+                assert dup, f"the copy of {s} was not caught"
+            must_catch.add(s)
+        else:  # a restart: the model stops promising anything from before it
+            must_catch.clear()
+        seen.add(s)
+    restored = DeviceWindows.restore(w.snapshot(), CFG)
+    assert restored.seq_state() == w.seq_state()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.booleans(), st.integers(1, W // 2), st.booleans()), max_size=120),
+    st.integers(2 * W, 2**62),
+)
+def test_two_counters_far_apart_are_each_deduplicated(
+    steps: list[tuple[bool, int, bool]], distance: int
+) -> None:
+    """A restarted counter beside the old one's stragglers, in any interleaving."""
+    w = DeviceWindows(CFG)
+    tops = [0, distance]
+    sent: list[list[int]] = [[], []]
+    for second, step, resend in steps:
+        i = int(second)
+        if resend and sent[i]:
+            s = sent[i][-1 - step % min(len(sent[i]), 8)]
+            assert w.is_duplicate(s), f"copy of {s} not caught"
+            continue
+        tops[i] += step
+        assert not w.is_duplicate(tops[i])
+        sent[i].append(tops[i])
+    assert bounded(w)

@@ -22,8 +22,18 @@ a crash or a stalled sink sees the same silences as when the messages arrived,
 so it closes the same windows.
 
 Duplicates: QoS 1 delivers at least once, so a message can arrive twice. Each
-device's recent sequence numbers (the last :data:`SEQ_WINDOW`) are remembered in
-a bitmap, and a message whose ``seq`` was already seen is dropped and counted.
+device remembers two *runs* of sequence numbers, each the :data:`SEQ_WINDOW`
+numbers ending at the highest ``seq`` of the run, in a bitmap of that many bits,
+and a message whose ``seq`` was already seen in a run is dropped and counted.
+
+A ``seq`` inside a run's window is checked against that run. Otherwise one less
+than :data:`SEQ_WINDOW` above a run's highest extends that run (the nearer one).
+Any other ``seq`` -- a jump of at least :data:`SEQ_WINDOW` forward or backward
+from both runs -- is a *restarted counter* (or a message from far back): it is
+accepted and starts a new run, which replaces the run used less recently. So a
+device whose counter restarts keeps its duplicates caught in the new run while
+stragglers of the old counter are still checked against the old run, and the
+memory per device is two bitmaps whatever the gaps.
 """
 
 from __future__ import annotations
@@ -36,8 +46,9 @@ from fieldline_edge.contract import Telemetry
 from fieldline_pipeline.aggregates import Agg
 from fieldline_pipeline.decode import Columns, Series, columns_of, group_indices
 
-#: How many recent sequence numbers per device are remembered for deduplication.
+#: How many recent sequence numbers per device and run are remembered for deduplication.
 SEQ_WINDOW = 4096
+_SEQ_BITS = (1 << SEQ_WINDOW) - 1
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,29 @@ class _Open:
         self.unit = unit
 
 
+def _merged(a: Agg, b: Agg) -> Agg:
+    """``a`` merged with ``b`` (which arrived after it), as a new aggregate."""
+    out = Agg.from_state(a.state())
+    out.merge(b)
+    return out
+
+
+class PendingUpdate(NamedTuple):
+    """One message's effect on a device's windows, before it is applied."""
+
+    site: str
+    device: str
+    #: sensor -> window start -> the window as it is after this message
+    updates: dict[str, dict[int, _Open]]
+    #: (sensor, window start) of each window the message closes
+    closing: list[tuple[str, int]]
+    closed: list[WindowResult]
+    late: list[LateReadings]
+    max_ts: int
+    closed_until: int
+    last_seen_ms: int
+
+
 def _partials(series: Series, width: int) -> list[tuple[int, Agg, str]]:
     """``(window start, aggregate, unit of its first reading)`` per window touched."""
     ts, values, units = series.ts, series.values, series.units
@@ -134,29 +168,56 @@ class DeviceWindows:
         # Every window that ends at or before this has been closed.
         self.closed_until = -(2**62)
         self.last_seen_ms = 0
-        # Bit i of seq_mask set <=> seq (max_seq - i) has been seen.
+        # Two runs of sequence numbers (module docstring); (max_seq, seq_mask) is
+        # the one used last. Bit i of a mask set <=> seq (its max - i) was seen.
+        # An empty run has max -1 and mask 0.
         self.max_seq = -1
         self.seq_mask = 0
+        self.prev_max_seq = -1
+        self.prev_seq_mask = 0
 
     # ------------------------------------------------------------------ dedupe
 
     def is_duplicate(self, seq: int) -> bool:
-        """Record ``seq``; True if it was seen before (within :data:`SEQ_WINDOW`)."""
-        gap = seq - self.max_seq
-        if gap > 0:
-            self.seq_mask = ((self.seq_mask << gap) | 1) & ((1 << SEQ_WINDOW) - 1)
+        """Record ``seq``; True if it was seen before in one of the two runs.
+
+        Never a false duplicate, and bounded memory for any sequence of ``seq``
+        values (see the module docstring for what a run and a restart are).
+        """
+        top, mask = self.max_seq, self.seq_mask
+        age = top - seq
+        if 0 <= age < SEQ_WINDOW:  # within the current run
+            bit = 1 << age
+            if mask & bit:
+                return True
+            self.seq_mask = mask | bit
+            return False
+        ptop, pmask = self.prev_max_seq, self.prev_seq_mask
+        page = ptop - seq
+        if 0 <= page < SEQ_WINDOW:  # within the other run: it becomes the current one
+            bit = 1 << page
+            self.prev_max_seq, self.prev_seq_mask = top, mask
+            self.max_seq, self.seq_mask = ptop, pmask | bit
+            return bool(pmask & bit)
+        # Not seen in either run. Extend the nearer run it is just ahead of, if any.
+        if -SEQ_WINDOW < age < 0 and not age < page < 0:
+            self.seq_mask = ((mask << -age) | 1) & _SEQ_BITS
             self.max_seq = seq
-            return False
-        age = -gap
-        if age >= SEQ_WINDOW:
-            # Older than anything remembered: a device whose counter went back
-            # (restart without persisted state) or a very old message; keep it.
-            return False
-        bit = 1 << age
-        if self.seq_mask & bit:
-            return True
-        self.seq_mask |= bit
+        elif -SEQ_WINDOW < page < 0:
+            self.prev_max_seq, self.prev_seq_mask = top, mask
+            self.seq_mask = ((pmask << -page) | 1) & _SEQ_BITS
+            self.max_seq = seq
+        else:  # a restarted counter: a new run replaces the one used less recently
+            self.prev_max_seq, self.prev_seq_mask = top, mask
+            self.max_seq, self.seq_mask = seq, 1
         return False
+
+    def seq_state(self) -> tuple[int, int, int, int]:
+        """The dedupe state, to put back with :meth:`set_seq_state` (O(1), no copy)."""
+        return self.max_seq, self.seq_mask, self.prev_max_seq, self.prev_seq_mask
+
+    def set_seq_state(self, state: tuple[int, int, int, int]) -> None:
+        self.max_seq, self.seq_mask, self.prev_max_seq, self.prev_seq_mask = state
 
     # ------------------------------------------------------------------ input
 
@@ -175,8 +236,17 @@ class DeviceWindows:
         aggregate per message and window, at C speed), then merged into the open
         window. ``received_ms`` is when the pipeline's intake received the
         message. The caller checks :meth:`is_duplicate` first.
+
+        All or nothing: should anything raise, the state is as it was before.
         """
-        self.site, self.device = msg.site, msg.device
+        return self.commit(self.prepare(msg, received_ms))
+
+    def prepare(self, msg: Columns, received_ms: int) -> PendingUpdate:
+        """Everything :meth:`add_columns` would change, computed without changing it.
+
+        A window the message adds to is a new object here (the open one is not
+        touched), so a failure while preparing leaves no half-merged window.
+        """
         width = self.config.width_ms
         # Windows are closed whole: ``closed_until`` is always a window boundary,
         # so a reading is late exactly when its window starts before it.
@@ -184,30 +254,56 @@ class DeviceWindows:
         late: dict[str, int] = {}
         open_ = self.open
         max_ts = self.max_ts
+        updates: dict[str, dict[int, _Open]] = {}
         for series in msg.series:
             sensor = series.sensor
-            windows = open_.get(sensor)
-            if windows is None:
-                windows = open_[sensor] = {}
+            windows = open_.get(sensor) or {}
+            changed = updates.get(sensor)
+            if changed is None:
+                changed = updates[sensor] = {}
             for start, agg, unit in _partials(series, width):
                 if start < closed_until:
                     late[sensor] = late.get(sensor, 0) + agg.count
                     continue
                 if agg.last_ts > max_ts:
                     max_ts = agg.last_ts
-                w = windows.get(start)
-                if w is None:
-                    windows[start] = _Open(agg, unit)
-                else:
-                    w.agg.merge(agg)
-        self.max_ts = max_ts
-        if received_ms > self.last_seen_ms:
-            self.last_seen_ms = received_ms
+                w = changed.get(start) or windows.get(start)
+                changed[start] = (
+                    _Open(agg, unit) if w is None else _Open(_merged(w.agg, agg), w.unit)
+                )
         # A window [s, s+width) closes once a reading at s+width+lateness has been seen.
         horizon = max_ts - self.config.lateness_ms
         until = horizon - horizon % width
-        closed = self._close_before(until) if until > closed_until else []
-        return closed, [LateReadings(self.site, self.device, s, n) for s, n in late.items()]
+        closing: list[tuple[str, int]] = []
+        closed: list[WindowResult] = []
+        if until > closed_until:
+            for sensor in [*open_, *(s for s in updates if s not in open_)]:
+                view = {**open_.get(sensor, {}), **updates.get(sensor, {})}
+                for start in sorted(st for st in view if st + width <= until):
+                    closing.append((sensor, start))
+                    closed.append(self._result(msg.site, msg.device, sensor, start, view[start]))
+        return PendingUpdate(
+            msg.site, msg.device, updates, closing, closed,
+            [LateReadings(msg.site, msg.device, s, n) for s, n in late.items()],
+            max_ts, max(until, closed_until), max(received_ms, self.last_seen_ms),
+        )  # fmt: skip
+
+    def commit(self, u: PendingUpdate) -> tuple[list[WindowResult], list[LateReadings]]:
+        """Apply what :meth:`prepare` computed: plain assignments, nothing that can fail."""
+        self.site, self.device = u.site, u.device
+        open_ = self.open
+        for sensor, changed in u.updates.items():
+            windows = open_.get(sensor)
+            if windows is None:
+                open_[sensor] = changed
+            else:
+                windows.update(changed)
+        for sensor, start in u.closing:
+            del open_[sensor][start]
+        self.max_ts = u.max_ts
+        self.closed_until = u.closed_until
+        self.last_seen_ms = u.last_seen_ms
+        return u.closed, u.late
 
     # ------------------------------------------------------------------ time
 
@@ -244,34 +340,33 @@ class DeviceWindows:
         return self._close_before(end)
 
     def _close_before(self, until: int) -> list[WindowResult]:
-        """Close every open window that ends at or before ``until``."""
-        if until > self.closed_until:
-            self.closed_until = until
+        """Close every open window that ends at or before ``until``.
+
+        The results are built before any window is removed, so a failure on the
+        way leaves the state as it was.
+        """
         width = self.config.width_ms
+        closing: list[tuple[dict[int, _Open], int]] = []
         out: list[WindowResult] = []
         for sensor, windows in self.open.items():
             if not windows:
                 continue
             for start in sorted(s for s in windows if s + width <= until):
-                w = windows.pop(start)
-                a = w.agg
-                out.append(
-                    WindowResult(
-                        self.site,
-                        self.device,
-                        sensor,
-                        w.unit,
-                        start,
-                        a.count,
-                        a.mean,
-                        a.min,
-                        a.max,
-                        a.stddev,
-                        a.first,
-                        a.last,
-                    )
-                )
+                closing.append((windows, start))
+                out.append(self._result(self.site, self.device, sensor, start, windows[start]))
+        for windows, start in closing:
+            del windows[start]
+        if until > self.closed_until:
+            self.closed_until = until
         return out
+
+    @staticmethod
+    def _result(site: str, device: str, sensor: str, start: int, w: _Open) -> WindowResult:
+        a = w.agg
+        return WindowResult(
+            site, device, sensor, w.unit, start,
+            a.count, a.mean, a.min, a.max, a.stddev, a.first, a.last,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ recovery
 
@@ -285,6 +380,8 @@ class DeviceWindows:
             "last_seen_ms": self.last_seen_ms,
             "max_seq": self.max_seq,
             "seq_mask": self.seq_mask,
+            "prev_max_seq": self.prev_max_seq,
+            "prev_seq_mask": self.prev_seq_mask,
             "open": {
                 sensor: {start: (w.unit, w.agg.state()) for start, w in windows.items()}
                 for sensor, windows in self.open.items()
@@ -300,6 +397,9 @@ class DeviceWindows:
         dw.last_seen_ms = snap["last_seen_ms"]
         dw.max_seq = snap["max_seq"]
         dw.seq_mask = snap["seq_mask"]
+        # Snapshots written before the second run existed have only the first.
+        dw.prev_max_seq = snap.get("prev_max_seq", -1)
+        dw.prev_seq_mask = snap.get("prev_seq_mask", 0)
         dw.open = {
             sensor: {start: _Open(Agg.from_state(st), unit) for start, (unit, st) in ws.items()}
             for sensor, ws in snap["open"].items()
