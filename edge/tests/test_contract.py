@@ -279,3 +279,131 @@ def test_deeply_nested_values_give_a_short_contract_error(field: str) -> None:
     with pytest.raises(c.ContractError) as info:
         c.decode_telemetry(TOPIC, body)
     assert len(str(info.value)) < 200
+
+
+# --------------------------------------------------------------------------- statuses
+
+STATUS_TOPIC = c.status_topic("plant-1", "dev-1")
+
+
+def status(**overrides: object) -> bytes:
+    body: dict[str, object] = {
+        "schema": c.SCHEMA_STATUS_V1,
+        "device": "dev-1",
+        "state": "online",
+        "ts": TS,
+        "agent": "fieldline-edge/0.1.0",
+        "sensors": {"cpu_temp": "ok", "bme280": "error: no device at 0x76"},
+    }
+    body.update(overrides)
+    return json.dumps(body).encode()
+
+
+NESTED = "[" * 1000 + "]" * 1000
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (status(sensors=["x"]), "wrong_type"),
+        (status(sensors="ok"), "wrong_type"),
+        (status(sensors={"a": ["x"]}), "wrong_type"),
+        (status(sensors={"a": {"b": "ok"}}), "wrong_type"),
+        (status(sensors={"a": "x" * (c.MAX_SENSOR_STATE_LEN + 1)}), "wrong_type"),
+        (status(sensors={f"s{i}": "ok" for i in range(c.MAX_STATUS_SENSORS + 1)}), "too_large"),
+        (status(sensors={"a/b": "ok"}), "bad_id"),
+        (status(sensors={"__x": "ok"}), "bad_id"),
+        (status(ts=10**19), "bad_timestamp"),
+        (status(ts=9 * 10**15), "bad_timestamp"),
+        (status(ts=0), "bad_timestamp"),
+        (status(ts=9e15), "wrong_type"),
+        (status(ts="now"), "wrong_type"),
+        (status(ts=True), "wrong_type"),
+        (status(agent=["x"]), "wrong_type"),
+        (status(agent=NESTED), "wrong_type"),  # a string, but too long
+        (status(agent="a\nb"), "wrong_type"),
+        (status(agent=5), "wrong_type"),
+        (status(state="sleeping"), "wrong_type"),
+        (status(state=["online"]), "wrong_type"),
+        (status(device="dev-2"), "topic_mismatch"),
+        (status(schema="fieldline.status/9"), "unknown_schema"),
+        (b'{"schema":"fieldline.status/1","device":"dev-1","state":"online"}', "missing_field"),
+        (status(agent="x" * c.MAX_STATUS_BYTES), "too_large"),
+        (b"[[]]", "not_object"),
+    ],
+)
+def test_invalid_statuses_name_the_reason(body: bytes, reason: str) -> None:
+    with pytest.raises(c.ContractError) as info:
+        c.decode_status(STATUS_TOPIC, body)
+    assert info.value.reason == reason
+    assert len(str(info.value)) < 300  # a short detail, however large the input
+
+
+def test_a_nested_sensors_value_parsed_by_either_parser_is_a_contract_error() -> None:
+    # Deeper than the parser allows: not_json; within it: a container, wrong_type.
+    for depth in (100, 1000, 5000):
+        body = status().replace(b'"ok"', b"[" * depth + b"]" * depth)
+        with pytest.raises(c.ContractError) as info:
+            c.decode_status(STATUS_TOPIC, body)
+        assert info.value.reason in ("wrong_type", "not_json")
+
+
+@pytest.mark.parametrize(
+    "sensors",
+    [
+        None,
+        {},
+        {"cpu_temp": "ok", "_spool": "full: 3 readings dropped so far", "_clock": "not set"},
+        {"t": 1, "h": 2.5, "x": True, "y": None},
+    ],
+)
+def test_valid_statuses_are_accepted(sensors: object) -> None:
+    st_ = c.decode_status(STATUS_TOPIC, status(sensors=sensors))
+    assert st_.sensors == sensors
+    assert (st_.device, st_.state, st_.ts, st_.agent) == (
+        "dev-1", "online", TS, "fieldline-edge/0.1.0",
+    )  # fmt: skip
+
+
+def test_a_status_without_agent_or_sensors_is_accepted() -> None:
+    body = b'{"schema":"fieldline.status/1","device":"dev-1","state":"offline","ts":%d}' % TS
+    assert c.decode_status(STATUS_TOPIC, body) == c.Status("dev-1", "offline", TS, "", None)
+
+
+# --------------------------------------------------------------------------- Unicode ids
+
+NFC = "caf\u00e9"  # é as one code point
+NFD = "cafe\u0301"  # e + combining acute accent: looks the same
+
+
+def test_ids_must_be_in_nfc_with_a_reason_that_says_so() -> None:
+    assert c.is_valid_id(NFC)
+    for bad in (NFD, "\u212bngstr\u00f6m"):  # ANGSTROM SIGN, whose NFC is Å
+        assert not c.is_valid_id(bad)
+        with pytest.raises(c.ContractError) as info:
+            c.check_id("device", bad)
+        assert info.value.reason == "bad_id"
+        assert "NFC" in info.value.detail
+
+
+@pytest.mark.parametrize("where", ["site", "device", "sensor"])
+def test_telemetry_with_an_nfd_id_is_rejected_as_bad_id(where: str) -> None:
+    site, device, sensor = "plant-1", "dev-1", "temp"
+    if where == "site":
+        site = NFD
+    elif where == "device":
+        device = NFD
+    else:
+        sensor = NFD
+    body = json.dumps(
+        {"schema": c.SCHEMA_TELEMETRY_V1, "device": device, "seq": 1,
+         "readings": [{"sensor": sensor, "ts": TS, "value": 1.0}]}
+    ).encode()  # fmt: skip
+    with pytest.raises(c.ContractError) as info:
+        c.decode_telemetry(c.telemetry_topic(site, device), body)
+    assert info.value.reason == "bad_id"
+    assert "NFC" in info.value.detail
+    # The NFC spelling of the same id is accepted.
+    ok = body.replace(json.dumps(NFD).encode(), json.dumps(NFC).encode())
+    topic = c.telemetry_topic(*(NFC if x == NFD else x for x in (site, device)))
+    assert c.decode_telemetry(topic, ok).seq == 1

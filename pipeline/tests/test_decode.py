@@ -37,8 +37,9 @@ def edgy(valid: st.SearchStrategy[Any], invalid: st.SearchStrategy[Any]) -> Any:
 
 # Values close to the contract's edges, so both sides of every check are drawn.
 sensors = edgy(
-    st.sampled_from(["t", "hum", "a.b-c_d", "é", "t" * 64]),
-    st.sampled_from(["", "_x", "x y", "t" * 65, "t\n", 7]),
+    st.sampled_from(["t", "hum", "a.b-c_d", "é", "t" * 64, "\u00c5"]),
+    # "e" + combining accent and the Angstrom sign: ids that are not in Unicode NFC
+    st.sampled_from(["", "_x", "x y", "t" * 65, "t\n", 7, "e\u0301", "\u212b"]),
 )
 stamps = edgy(
     st.integers(min_value=T0 - 20_000, max_value=T0 + 90_000)
@@ -161,7 +162,13 @@ def test_fast_decoder_accepts_and_rejects_exactly_as_the_contract(
 
 @pytest.mark.parametrize(
     "topic",
-    ["fieldline/lab/d1/status", "fieldline/lab/d 1/telemetry", "other/lab/d1/telemetry"],
+    [
+        "fieldline/lab/d1/status",
+        "fieldline/lab/d 1/telemetry",
+        "other/lab/d1/telemetry",
+        "fieldline/lab/cafe\u0301/telemetry",  # NFD
+        "fieldline/\u212blab/d1/telemetry",  # ANGSTROM SIGN, not NFC
+    ],
 )
 def test_bad_topics_get_the_contract_reason(topic: str) -> None:
     payload = encode_telemetry("d1", 1, [Reading("t", T0, 1.0)])
@@ -202,3 +209,11 @@ def test_a_full_name_cache_starts_over_without_trusting_an_empty_sensor(
     assert outcome(decode_columns, TOPIC, bad, None) == "bad_id"
     ok = encode_telemetry("d1", 10, [Reading("t", T0, 1.0)])  # the empty unit stays valid
     assert outcome(decode_columns, TOPIC, ok, None) == outcome(decode_telemetry, TOPIC, ok, None)
+
+
+@pytest.mark.parametrize("sensor", ["cafe\u0301", "\u212b"])
+def test_a_sensor_id_not_in_nfc_is_bad_id_on_both_paths(sensor: str) -> None:
+    for schema in ("fieldline.telemetry/1", SCHEMA_TELEMETRY_V2):
+        payload = encode_telemetry("d1", 1, [Reading(sensor, T0, 1.0)], schema)
+        assert outcome(decode_columns, TOPIC, payload, None) == "bad_id"
+        assert outcome(decode_telemetry, TOPIC, payload, None) == "bad_id"

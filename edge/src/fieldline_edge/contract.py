@@ -23,6 +23,7 @@ import json
 import math
 import re
 import time
+import unicodedata
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 try:  # pragma: no cover - which branch runs depends on what is installed
@@ -77,12 +78,23 @@ MAX_UNIT_LEN = 16
 #: Largest magnitude of a value. Far beyond any sensor, and small enough that
 #: sums and squares over a window can never overflow a double.
 MAX_ABS_VALUE = 1e100
+#: A status payload is small: a state, a time, an agent name and a few sensors.
+MAX_STATUS_BYTES = 64 * 1024
+#: ``agent`` of a status: a name and version, stored as an InfluxDB string field.
+MAX_AGENT_LEN = 128
+#: Entries of a status's ``sensors`` mapping.
+MAX_STATUS_SENSORS = 256
+#: A ``sensors`` entry's text (``ok`` or ``error: ...``).
+MAX_SENSOR_STATE_LEN = 512
 
 # Site, device and sensor ids: 1-64 word characters (any script), dots and dashes,
 # not starting with "_", "." or "-" (ids starting with "_" are reserved for the
 # system's own topics). "/", "+", "#" and "$" can never appear, which keeps them
 # safe as MQTT topic levels and as InfluxDB tag values.
 _ID_RE = re.compile(r"[^\W_][\w.\-]{0,63}\Z")
+# A status's ``sensors`` key: a sensor id, or one of the agent's own entries,
+# which start with "_" (``_spool``, ``_clock``).
+_STATUS_KEY_RE = re.compile(r"_?[^\W_][\w.\-]{0,63}\Z")
 
 
 def telemetry_schema(version: object) -> str:
@@ -145,7 +157,9 @@ class Status(NamedTuple):
     state: str  # "online" | "offline"
     ts: int
     agent: str = ""
-    sensors: Optional[dict[str, str]] = None
+    #: Sensor id (or the agent's own ``_spool``/``_clock``) -> ``"ok"``, ``"error: ..."``;
+    #: a decoded status may also carry numbers, booleans or null.
+    sensors: Optional[dict[str, Any]] = None
 
 
 class Alert(NamedTuple):
@@ -213,12 +227,31 @@ def initial_seq(now_s: Optional[float] = None) -> int:
     return int((time.time() if now_s is None else now_s) * 1000)
 
 
+def _nfc(value: str) -> bool:
+    return value.isascii() or unicodedata.is_normalized("NFC", value)
+
+
 def is_valid_id(value: object) -> bool:
-    return isinstance(value, str) and _ID_RE.match(value) is not None
+    """An id by the rules above, in Unicode NFC (see :func:`check_id`)."""
+    return isinstance(value, str) and _ID_RE.match(value) is not None and _nfc(value)
 
 
 def check_id(what: str, value: object) -> str:
+    """``value`` if it is a valid id; else :class:`ContractError` ``bad_id``.
+
+    Ids are compared as strings everywhere (MQTT topics and ACLs, InfluxDB tags),
+    so an id must be in Unicode NFC: ``"café"`` written with a combining accent
+    (NFD) or ``"Å"`` as the Angstrom sign would look like another device's id
+    and be a different one. Such an id is rejected, never normalized, so no two
+    topics ever map onto one device.
+    """
     if not is_valid_id(value):
+        if isinstance(value, str) and _ID_RE.match(unicodedata.normalize("NFC", value)):
+            raise ContractError(
+                "bad_id",
+                f"{what} {_show(value)} is not in Unicode NFC; its NFC form is "
+                f"{_show(unicodedata.normalize('NFC', value))}",
+            )
         raise ContractError("bad_id", f"{what} {_show(value)} is not a valid id")
     return value  # type: ignore[return-value]
 
@@ -418,8 +451,8 @@ def _telemetry_v1(
                 "missing_field", f"readings[{i}].{exc.args[0]} is missing"
             ) from None
         unit = r.get("unit", "")
-        if not (isinstance(sensor, str) and _ID_RE.match(sensor)):
-            raise ContractError("bad_id", f"readings[{i}].sensor {_show(sensor)} is not a valid id")
+        if not (isinstance(sensor, str) and _ID_RE.match(sensor) and _nfc(sensor)):
+            check_id(f"readings[{i}].sensor", sensor)
         ts, value = _check_reading(f"readings[{i}]", ts, value)
         if ts > newest:
             newest = ts
@@ -444,8 +477,8 @@ def _telemetry_v2(
         ts = _field(s, "ts", f"{where}.")
         values = _field(s, "values", f"{where}.")
         unit = s.get("unit", "")
-        if not (isinstance(sensor, str) and _ID_RE.match(sensor)):
-            raise ContractError("bad_id", f"{where}.sensor {_show(sensor)} is not a valid id")
+        if not (isinstance(sensor, str) and _ID_RE.match(sensor) and _nfc(sensor)):
+            check_id(f"{where}.sensor", sensor)
         if not isinstance(ts, list) or not isinstance(values, list):
             raise ContractError("wrong_type", f"{where}.ts and {where}.values must be lists")
         if len(ts) != len(values):
@@ -487,22 +520,70 @@ def _check_reading(where: str, ts: object, value: object) -> tuple[int, float]:
 
 
 def decode_status(topic: str, payload: bytes) -> Status:
+    """Decode and validate one status message; raise :class:`ContractError`.
+
+    Every device may publish its own status, retained, so it is checked as
+    strictly as telemetry: ``ts`` within the readings' bounds, ``agent`` a short
+    printable string, ``sensors`` a flat mapping of at most
+    :data:`MAX_STATUS_SENSORS` ids to short strings or numbers.
+    """
     _, device, kind = parse_device_topic(topic)
     if kind != "status":
         raise ContractError("bad_topic", f"not a status topic: {topic!r}")
+    if len(payload) > MAX_STATUS_BYTES:
+        raise ContractError("too_large", f"{len(payload)} bytes > {MAX_STATUS_BYTES}")
     obj = _load_object(payload)
     if obj.get("schema") != SCHEMA_STATUS_V1:
         raise ContractError("unknown_schema", f"schema {_show(obj.get('schema'))} is not known")
-    if _field(obj, "device") != device:
-        raise ContractError("topic_mismatch", f"payload device != topic device {device!r}")
+    body_device = _field(obj, "device")
+    if body_device != device:
+        raise ContractError(
+            "topic_mismatch", f"payload device {_show(body_device)} != topic device {device!r}"
+        )
     state = _field(obj, "state")
     if state not in ("online", "offline"):
         raise ContractError("wrong_type", f"state must be online or offline, got {_show(state)}")
     ts = _field(obj, "ts")
     if not _is_int(ts):
-        raise ContractError("wrong_type", "ts must be integer milliseconds")
-    sensors = obj.get("sensors")
-    return Status(device, state, ts, str(obj.get("agent", "")), sensors)
+        raise ContractError("wrong_type", f"ts must be integer milliseconds, got {_show(ts)}")
+    if not MIN_TIMESTAMP_MS <= ts < MAX_TIMESTAMP_MS:
+        raise ContractError("bad_timestamp", f"ts {ts} is outside 2000..2100")
+    agent = obj.get("agent", "")
+    if not (isinstance(agent, str) and len(agent) <= MAX_AGENT_LEN and agent.isprintable()):
+        raise ContractError(
+            "wrong_type",
+            f"agent must be a string of at most {MAX_AGENT_LEN} printable characters, "
+            f"got {_show(agent)}",
+        )
+    return Status(device, state, ts, agent, _status_sensors(obj.get("sensors")))
+
+
+def _status_sensors(raw: object) -> Optional[dict[str, Any]]:
+    """A status's ``sensors``: None, or a flat mapping of id -> short text or number."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ContractError("wrong_type", f"sensors must be an object, got {_show(raw)}")
+    if len(raw) > MAX_STATUS_SENSORS:
+        raise ContractError("too_large", f"{len(raw)} sensors > {MAX_STATUS_SENSORS}")
+    for key, value in raw.items():
+        if not _STATUS_KEY_RE.match(key) or not _nfc(key):
+            raise ContractError("bad_id", f"sensors key {_show(key)} is not a valid id")
+        if isinstance(value, str):
+            if len(value) > MAX_SENSOR_STATE_LEN:
+                raise ContractError(
+                    "wrong_type",
+                    f"sensors[{key!r}] must be at most {MAX_SENSOR_STATE_LEN} characters",
+                )
+        elif type(value) is float and not math.isfinite(value):
+            raise ContractError("non_finite", f"sensors[{key!r}] is {value!r}")
+        elif not (value is None or type(value) in (bool, int, float)):
+            raise ContractError(
+                "wrong_type",
+                f"sensors[{key!r}] must be a string, a number, true, false or null, "
+                f"got {_show(value)}",
+            )
+    return raw
 
 
 def decode_alert(payload: bytes) -> Alert:
