@@ -185,7 +185,7 @@ class SecurePipelines:
         return {
             **os.environ,
             "FIELDLINE_BROKER_URL": (
-                f"mqtts://{pipe.username}:{pipe.password}@{self.broker.host}:{self.broker.tls_port}"
+                f"mqtts://{pipe.username}:{pipe.password}@{self.broker.host}:{self.broker.service_port}"
             ),
             "FIELDLINE_MQTT_CA_FILE": str(self.security.ca_file),
             "FIELDLINE_INFLUX_USER": self.influx_user,
@@ -229,10 +229,11 @@ def secure_pipelines(
     secure_influxdb.create_database(database)
     secure_influxdb.create_writer(user, password, database)
     observer = broker_security.observer
-    assert secure_mosquitto.tls_port is not None
+    # Service users connect to the service listener (devices have their own).
+    assert secure_mosquitto.service_port is not None
     watch = MetricsWatcher(
         secure_mosquitto.host,
-        secure_mosquitto.tls_port,
+        secure_mosquitto.service_port,
         f"watch-{tag}",
         auth=(observer.username, observer.password),
         ca_file=str(broker_security.ca_file),

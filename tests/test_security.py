@@ -7,9 +7,11 @@ import json
 import os
 import secrets
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 from fieldline_edge.mqtt import TLSConfig, parse_broker_url
 from fieldline_localstack.influxdb import InfluxDB
@@ -22,17 +24,25 @@ from fieldline_pipeline.connectors.mqtt import MQTTSettings
 from fieldline_pipeline.settings import PipelineSettings
 from fieldline_sim.credentials import FleetCredentials
 from fieldline_sim.fleet import FleetConfig
+from paho.mqtt.enums import CallbackAPIVersion
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
+
+#: Bound on waiting for the broker; a bound on failure, not a timing assertion.
+WAIT_S = 30.0
 
 
 def run_sim(
     broker: Mosquitto, security: BrokerSecurity, gt: Path, *extra: str
 ) -> subprocess.CompletedProcess[str]:
-    """The simulator as each device's own user, over TLS, secrets only in env and files."""
+    """The simulator as each device's own user, over TLS, secrets only in env and files.
+
+    Its own user goes to the service listener, the devices' to the device listener.
+    """
     env = {
         **os.environ,
-        "FIELDLINE_BROKER_URL": f"mqtts://{broker.host}:{broker.tls_port}",
+        "FIELDLINE_BROKER_URL": broker.service_url,
+        "FIELDLINE_SIM_DEVICE_BROKER_URL": broker.tls_url,
         "FIELDLINE_MQTT_CA_FILE": str(security.ca_file),
         "FIELDLINE_SIM_CREDENTIALS": str(security.sim_credentials_file(SECURE_SITE)),
     }
@@ -89,12 +99,133 @@ def test_pipeline_end_to_end_over_tls_with_least_privilege_users(
         assert not leaked, f"{name} shows a secret"
 
 
+def test_a_device_key_cannot_take_the_pipelines_session_nothing_is_lost(
+    secure_pipelines: Any,
+    secure_mosquitto: Mosquitto,
+    secure_influxdb: InfluxDB,
+    broker_security: BrokerSecurity,
+    tmp_path: Path,
+) -> None:
+    """Readings queued for a stopped pipeline survive a device key that connects
+    with the pipeline's client id and clean_session=false to resume its session."""
+    pipeline = secure_pipelines.start("--window-s", "1", "--lateness-s", "1")
+    intake_id = pipeline.args[pipeline.args.index("--client-id") + 1] + "-0"
+    assert pipeline.stop() == 0, pipeline.log_text()[-3000:]
+    # The pipeline is away: its persistent session collects what the devices send.
+    sim = run_sim(secure_mosquitto, broker_security, tmp_path / "gt")
+    assert sim.returncode == 0, sim.stderr[-3000:]
+    summary = json.loads((tmp_path / "gt" / "summary.json").read_text())
+    published = int(summary["published_readings"])
+    assert summary["unacked_messages"] == 0
+    assert published > 0
+    # Each device key, on the device listener, asks for the intake's session.
+    thieves = [
+        session_thief(secure_mosquitto, broker_security, device, intake_id)
+        for device in SECURE_DEVICES
+    ]
+    assert thieves == [(False, 0)] * len(SECURE_DEVICES)  # (session present, messages)
+    # On the service listener and in plaintext a device key does not log in at all.
+    for port, tls in ((secure_mosquitto.service_port, True), (secure_mosquitto.port, False)):
+        assert login(secure_mosquitto, broker_security, port, tls=tls) == "Not authorized"
+    pipeline.restart()
+    assert pipeline.wait_readings(published), pipeline.log_text()[-3000:]
+    assert pipeline.stop() == 0, pipeline.log_text()[-3000:]
+    rows = secure_influxdb.points(
+        "SELECT sum(count) AS n FROM reading_window", secure_pipelines.database
+    )
+    assert rows[0]["n"] == published
+    forget_session(secure_mosquitto, broker_security, intake_id)
+
+
+def forget_session(broker: Mosquitto, security: BrokerSecurity, client_id: str) -> None:
+    """Drop a stopped pipeline's session, which would queue every later test's telemetry."""
+    pipe = security.pipeline
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    c.tls_set(ca_certs=str(security.ca_file))
+    c.username_pw_set(pipe.username, pipe.password)
+    connected = threading.Event()
+    c.on_connect = lambda *_a: connected.set()
+    assert broker.service_port is not None
+    c.connect(broker.host, broker.service_port, keepalive=30)
+    c.loop_start()
+    try:
+        assert connected.wait(WAIT_S), "no CONNACK"
+    finally:
+        c.disconnect()
+        c.loop_stop()
+        c.reinitialise()
+
+
+def _device_client(
+    security: BrokerSecurity, device: str, client_id: str, *, tls: bool = True
+) -> tuple[mqtt.Client, list[Any], threading.Event]:
+    cred = security.device(SECURE_SITE, device)
+    c = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
+        protocol=mqtt.MQTTv311,
+    )  # fmt: skip
+    if tls:
+        c.tls_set(ca_certs=str(security.ca_file))
+    c.username_pw_set(cred.username, cred.password)
+    events: list[Any] = []
+    done = threading.Event()
+
+    def on_connect(_c: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        events.append((str(reason), flags.session_present))
+        done.set()
+
+    c.on_connect = on_connect
+    c.on_message = lambda _c, _u, m: events.append(m.topic)
+    return c, events, done
+
+
+def session_thief(
+    broker: Mosquitto, security: BrokerSecurity, device: str, client_id: str
+) -> tuple[bool, int]:
+    """Connect as ``device`` with ``client_id`` and clean_session=false; return whether
+    the broker resumed a session, and how many messages it delivered."""
+    c, events, done = _device_client(security, device, client_id)
+    subscribed = threading.Event()
+    c.on_subscribe = lambda *_a: subscribed.set()
+    assert broker.tls_port is not None
+    c.connect(broker.host, broker.tls_port, keepalive=30)
+    c.loop_start()
+    try:
+        assert done.wait(WAIT_S), "no CONNACK"
+        reason, present = events[0]
+        assert reason == "Success", reason
+        # A round trip: had the broker resumed a session, its queue went out before this.
+        c.subscribe(f"fieldline/{SECURE_SITE}/{device}/none", qos=1)
+        assert subscribed.wait(WAIT_S), "no SUBACK"
+        return bool(present), len(events) - 1
+    finally:
+        c.disconnect()
+        c.loop_stop()
+        c.reinitialise()
+
+
+def login(broker: Mosquitto, security: BrokerSecurity, port: int | None, *, tls: bool) -> str:
+    """The CONNACK's reason for dev-0001's valid password on ``port``."""
+    c, events, done = _device_client(security, SECURE_DEVICES[0], "x", tls=tls)
+    assert port is not None
+    c.connect(broker.host, port, keepalive=30)
+    c.loop_start()
+    try:
+        assert done.wait(WAIT_S), "no CONNACK"
+        return str(events[0][0])
+    finally:
+        c.disconnect()
+        c.loop_stop()
+        c.reinitialise()
+
+
 def test_a_refused_pipeline_and_simulator_say_why_without_the_password(
     secure_mosquitto: Mosquitto, broker_security: BrokerSecurity, tmp_path: Path
 ) -> None:
     password = secrets.token_urlsafe(16)
     url = (
-        f"mqtts://fieldline-pipeline:{password}@{secure_mosquitto.host}:{secure_mosquitto.tls_port}"
+        f"mqtts://fieldline-pipeline:{password}@{secure_mosquitto.host}:"
+        f"{secure_mosquitto.service_port}"
     )
     env = {
         **os.environ,

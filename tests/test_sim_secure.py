@@ -75,9 +75,11 @@ def reader(secure_mosquitto: Mosquitto, broker_security: BrokerSecurity) -> Iter
 
 
 def tls_env(broker: Mosquitto, security: BrokerSecurity) -> dict[str, str]:
+    """The simulator's own user on the service listener, device users on theirs."""
     return {
         **os.environ,
-        "FIELDLINE_BROKER_URL": f"mqtts://{broker.host}:{broker.tls_port}",
+        "FIELDLINE_BROKER_URL": broker.service_url,
+        "FIELDLINE_SIM_DEVICE_BROKER_URL": broker.tls_url,
         "FIELDLINE_MQTT_CA_FILE": str(security.ca_file),
     }
 

@@ -67,6 +67,14 @@ class Version(str, enum.Enum):
 
 
 SchemaVersion = Annotated[Version, typer.Option("--schema", help=_SCHEMA_HELP)]
+DeviceBroker = Annotated[
+    Optional[str],
+    typer.Option(
+        envvar="FIELDLINE_SIM_DEVICE_BROKER_URL",
+        help="Broker URL for the connections as a device's own user (credentials file), "
+        "where a broker has a listener for devices [default: the broker URL].",
+    ),
+]
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -99,6 +107,7 @@ def run(
             help="JSON file with a simulator user and/or a user per device (replaces the URL's).",
         ),
     ] = None,
+    device_broker: DeviceBroker = None,
     ca_file: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(envvar="FIELDLINE_MQTT_CA_FILE", help="CA certificates (PEM) for mqtts://."),
@@ -152,6 +161,7 @@ def run(
             connections=connections,
             instance=instance if instance is not None else default_instance(),
             credentials=FleetCredentials.load(credentials) if credentials is not None else None,
+            device_broker=parse_broker_url(device_broker) if device_broker else None,
             tls=tls,
             schema=schema.schema,
         ).validate()
@@ -313,6 +323,7 @@ def fleet(
             help="JSON file with a simulator user and/or a user per device.",
         ),
     ] = None,
+    device_broker: DeviceBroker = None,
     username: Username = None,
     password_file: PasswordFile = None,
     ca_file: CaFile = None,
@@ -385,6 +396,7 @@ def fleet(
             connections=connections,
             per_device=connection_per_device,
             credentials=FleetCredentials.load(credentials) if credentials is not None else None,
+            device_broker=parse_broker_url(device_broker) if device_broker else None,
             tls=_tls(ca_file, cert_file, key_file),
             speed=speed,
             start_ms=_start_ms(start),
@@ -393,8 +405,9 @@ def fleet(
             labels_file=labels,
             labels_topic=labels_topic,
         ).validate()
-        if config.broker.tls is False and config.tls is not None:
-            raise ValueError(f"TLS options given for {config.broker}: use an mqtts:// URL")
+        for url in (config.broker, config.device_broker or config.broker):
+            if url.tls is False and config.tls is not None:
+                raise ValueError(f"TLS options given for {url}: use an mqtts:// URL")
         line = ProgressLine(quiet=quiet)
         runner = ScenarioRunner(config, progress=_fleet_progress(line))
     except (ValueError, OSError) as exc:  # includes ScenarioError; OSError: TLS files

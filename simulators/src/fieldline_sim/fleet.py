@@ -151,6 +151,9 @@ class FleetConfig:
     ack_timeout_s: float = ACK_TIMEOUT_S
     #: Users replacing the broker URL's: see :mod:`fieldline_sim.credentials`.
     credentials: FleetCredentials | None = None
+    #: Where connections as a device's own user go (None: ``broker``): a broker
+    #: may give devices a listener of their own (docs/deploy.md).
+    device_broker: BrokerURL | None = None
     tls: TLSConfig | None = None
     #: The payloads' schema: one of ``contract.TELEMETRY_SCHEMAS``.
     schema: str = contract.SCHEMA_TELEMETRY_V1
@@ -179,8 +182,9 @@ class FleetConfig:
         if self.schema not in contract.TELEMETRY_SCHEMAS:
             raise ValueError(f"unknown telemetry schema {self.schema!r}")
         if self.tls is not None:
-            if not self.broker.tls:
-                raise ValueError(f"TLS options given for {self.broker}: use an mqtts:// URL")
+            for url in (self.broker, self.device_broker or self.broker):
+                if not url.tls:
+                    raise ValueError(f"TLS options given for {url}: use an mqtts:// URL")
             self.tls.check()
         if self.credentials is not None and self.credentials.devices:
             # A connection authenticates as one user: per-device users need their own.
@@ -204,7 +208,7 @@ class FleetConfig:
         if creds is None:
             return self.broker
         if device is not None and device in creds.devices:
-            return creds.devices[device].apply(self.broker)
+            return creds.devices[device].apply(self.device_broker or self.broker)
         return creds.fleet.apply(self.broker) if creds.fleet is not None else self.broker
 
 

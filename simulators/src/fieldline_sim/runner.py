@@ -64,6 +64,8 @@ class RunConfig:
     connections: int | None = None
     per_device: bool = False
     credentials: FleetCredentials | None = None
+    #: Where connections as a device's own user go (None: ``broker``).
+    device_broker: BrokerURL | None = None
     tls: TLSConfig | None = None
     #: Virtual seconds per wall second; 0: as fast as possible.
     speed: float = 1.0
@@ -170,7 +172,7 @@ class ScenarioRunner:
                 fleet_user = creds.fleet if creds is not None else None
                 broker = c.broker
                 if user is not None:
-                    broker = user.apply(broker)
+                    broker = user.apply(c.device_broker or broker)
                 elif fleet_user is not None:
                     broker = fleet_user.apply(broker)
                 brokers.append(broker)

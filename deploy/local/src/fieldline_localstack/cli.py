@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from fieldline_localstack._process import ServiceError
-from fieldline_localstack.stack import LocalStack
+from fieldline_localstack.stack import SECURE_SITE, LocalStack
 
 app = typer.Typer(
     help="Local Mosquitto + InfluxDB on loopback for development.",
@@ -39,8 +39,9 @@ def start(
     secure: Annotated[
         bool,
         typer.Option(
-            help="TLS, per-device users and ACLs on the broker; InfluxDB with auth and a "
-            "write-only pipeline user. Passwords go to files, never to the terminal."
+            help="TLS only (no plaintext listener), per-device users bound to their client "
+            "ids, ACLs on the broker; InfluxDB with auth and a write-only pipeline user. "
+            "Passwords go to files (pipeline.env, sim.env), never to the terminal."
         ),
     ] = False,
 ) -> None:
@@ -55,10 +56,14 @@ def start(
     for name, service in stack.services.items():
         _out.print(f"  {name:<16} {service.url}  (pid {service.pid})")
     if stack.mosquitto.tls_port is not None:
-        _out.print(f"  {'mosquitto (TLS)':<16} {stack.mosquitto.tls_url}")
-    if stack.env_file is not None:
-        _out.print("\nload the pipeline's settings (they hold passwords) with:")
-        print(f"set -a; . {stack.env_file}; set +a")
+        _out.print(f"  {'devices (TLS)':<16} {stack.mosquitto.tls_url}")
+    if stack.env_file is not None and stack.sim_env_file is not None:
+        # Each file in a subshell of its own: a variable exported for one tool
+        # would otherwise reach every later command of the user's shell.
+        _out.print("\nrun each tool with its own settings (the files hold secrets):")
+        print(f"(set -a; . {stack.env_file}; set +a; exec fieldline pipeline run)")
+        sim = f"exec fieldline sim run --site {SECURE_SITE}"
+        print(f"(set -a; . {stack.sim_env_file}; set +a; {sim})")
     else:
         _out.print("\nexport these to point Fieldline at it:")
         for key, value in stack.env().items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from fieldline_localstack._process import Service, free_port, port_open
 from fieldline_localstack.security import BrokerSecurity
@@ -16,12 +17,21 @@ class Mosquitto(Service):
     sessions survive `restart()`.
 
     With `security` (see :mod:`fieldline_localstack.security`) no client is
-    anonymous: every listener wants a user and password from its password
-    file, and its ACL file confines each user. `port` then stays a plaintext
-    listener (loopback only) unless `plaintext=False`, and `tls_port` is a TLS
-    listener with the security's server certificate; with
-    `require_certificate` a client must also present a certificate signed by
-    its CA.
+    anonymous and every listener has its own users (``per_listener_settings``),
+    all confined by the one ACL file:
+
+    - `tls_port` (`tls_url`), the device listener: TLS, device users only, and
+      ``use_username_as_clientid``: the broker replaces whatever client id a
+      device sends by its user name, so no device key can take over another
+      client's session (the pipeline's persistent one included);
+    - `service_port` (`service_url`), the service listener: TLS, the service
+      users (pipeline, simulators, observer) with the client ids they choose
+      (the pipeline runs several connections per process);
+    - `port` (`url`): a plaintext copy of the service listener on loopback,
+      for tests, unless `plaintext=False` (then `url` is `service_url`).
+
+    With `require_certificate` a TLS client must also present a certificate
+    signed by the security's CA.
     """
 
     name = "mosquitto"
@@ -35,6 +45,7 @@ class Mosquitto(Service):
         extra_config: str = "",
         security: BrokerSecurity | None = None,
         tls_port: int | None = None,
+        service_port: int | None = None,
         plaintext: bool = True,
         require_certificate: bool = False,
     ) -> None:
@@ -44,21 +55,32 @@ class Mosquitto(Service):
         self.plaintext = plaintext or security is None
         self.require_certificate = require_certificate
         self.tls_port: int | None = None
-        self._repick_tls_port = tls_port is None
+        self.service_port: int | None = None
+        self._repick_tls_ports = tls_port is None and service_port is None
         if security is not None:
             self.tls_port = tls_port if tls_port is not None else free_port()
+            self.service_port = service_port if service_port is not None else free_port()
 
     @property
     def url(self) -> str:
-        """mqtt://127.0.0.1:PORT"""
+        """mqtt://127.0.0.1:PORT; `service_url` if there is no plaintext listener."""
+        if not self.plaintext:
+            return self.service_url
         return f"mqtt://{self.host}:{self.port}"
 
     @property
     def tls_url(self) -> str:
-        """mqtts://127.0.0.1:TLS_PORT (only with `security`)."""
+        """mqtts://127.0.0.1:TLS_PORT, the device listener (only with `security`)."""
         if self.tls_port is None:
             raise AttributeError("this broker has no TLS listener (no security)")
         return f"mqtts://{self.host}:{self.tls_port}"
+
+    @property
+    def service_url(self) -> str:
+        """mqtts://127.0.0.1:SERVICE_PORT, the service listener (only with `security`)."""
+        if self.service_port is None:
+            raise AttributeError("this broker has no TLS listener (no security)")
+        return f"mqtts://{self.host}:{self.service_port}"
 
     @property
     def config_path(self) -> str:
@@ -96,29 +118,42 @@ class Mosquitto(Service):
         sec = self.security
         if sec is None:
             return [f"listener {self.port} {self.host}", "allow_anonymous true"]
-        # per_listener_settings is false: the password file, the ACL and the
-        # refusal of anonymous clients apply to every listener alike.
-        lines = [
-            "allow_anonymous false",
-            f"password_file {sec.password_file}",
-            f"acl_file {sec.acl_file}",
-        ]
-        if self.plaintext:
-            lines.append(f"listener {self.port} {self.host}")
-        lines += [
-            f"listener {self.tls_port} {self.host}",
+
+        # Mosquitto does not tie client ids to users: any user may connect with
+        # any id and so take over that id's session (and consume what the
+        # broker queued for it). Devices therefore get a listener of their own
+        # where their id is their user name, and their passwords are valid
+        # there only; services keep the ids they choose on the other listener.
+        def auth(password_file: Path) -> list[str]:
+            return [
+                "allow_anonymous false",
+                f"password_file {password_file}",
+                f"acl_file {sec.acl_file}",
+            ]
+
+        tls = [
             f"cafile {sec.ca_file}",
             f"certfile {sec.server_cert_file}",
             f"keyfile {sec.server_key_file}",
             "tls_version tlsv1.2",
             f"require_certificate {'true' if self.require_certificate else 'false'}",
         ]
+        lines = ["per_listener_settings true"]
+        if self.plaintext:
+            lines += [f"listener {self.port} {self.host}", *auth(sec.password_file)]
+        lines += [f"listener {self.service_port} {self.host}", *auth(sec.password_file), *tls]
+        lines += [
+            f"listener {self.tls_port} {self.host}",
+            *auth(sec.device_password_file),
+            "use_username_as_clientid true",
+            *tls,
+        ]
         return lines
 
     def _repick_ports(self) -> None:
         super()._repick_ports()
-        if self.tls_port is not None and self._repick_tls_port:
-            self.tls_port = free_port()
+        if self.tls_port is not None and self._repick_tls_ports:
+            self.tls_port, self.service_port = free_port(), free_port()
 
     def _prepare(self, binary: str) -> list[str]:
         (self.state_dir / "mosquitto.conf").write_text(self.config_text())
@@ -126,6 +161,5 @@ class Mosquitto(Service):
 
     def _ready(self) -> bool:
         ports = [self.port] if self.plaintext else []
-        if self.tls_port is not None:
-            ports.append(self.tls_port)
+        ports += [p for p in (self.service_port, self.tls_port) if p is not None]
         return all(port_open(p, self.host) for p in ports)

@@ -26,6 +26,10 @@ user                    topics
 
 Device user names contain ``/``, which no id may contain, so ``<site>/<device>``
 is unambiguous and can never collide with a service user.
+
+Devices and services have separate password files: a broker gives each its own
+listener (:class:`~fieldline_localstack.mosquitto.Mosquitto`), so a device's
+password is valid only where the broker binds its client id to its user name.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ CERT_DAYS = 825
 #: Name of the JSON file holding every user's password (mode 0600).
 CREDENTIALS_FILE = "credentials.json"
 INFLUX_CREDENTIALS_FILE = "influx.json"
+#: Mosquitto password file of the device users only (the device listener's).
+DEVICE_PASSWORDS_FILE = "device-passwords"
 INFLUX_ADMIN_USER = "fieldline-admin"
 INFLUX_PIPELINE_USER = "fieldline-pipeline"
 _CURVE = "prime256v1"  # EC keys: generated in milliseconds, unlike RSA
@@ -77,8 +83,10 @@ class BrokerSecurity:
     """What :func:`generate_broker_security` wrote (paths), and the users it made.
 
     ``client_cert_file``/``client_key_file`` are a client certificate signed by
-    the CA, for brokers that require one. ``sim_credentials_file(site)`` is the
-    file ``fieldline sim run --credentials`` takes.
+    the CA, for brokers that require one. ``password_file`` holds the service
+    users (pipeline, observer, simulators), ``device_password_file`` the
+    devices. ``sim_credentials_file(site)`` is the file ``fieldline sim run
+    --credentials`` takes.
     """
 
     directory: Path
@@ -88,6 +96,7 @@ class BrokerSecurity:
     client_cert_file: Path
     client_key_file: Path
     password_file: Path
+    device_password_file: Path
     acl_file: Path
     credentials_file: Path
     users: Mapping[str, Credential] = field(repr=False)
@@ -127,6 +136,7 @@ class BrokerSecurity:
             client_cert_file=d / "client.crt",
             client_key_file=d / "client.key",
             password_file=d / "passwords",
+            device_password_file=d / DEVICE_PASSWORDS_FILE,
             acl_file=d / "acl",
             credentials_file=d / CREDENTIALS_FILE,
             users=users,
@@ -221,10 +231,9 @@ def generate_broker_security(
     _make_cert(d, "server", "fieldline-broker", hosts, server=True)
     _make_cert(d, "client", "fieldline-client", (), server=False)
 
-    names = [PIPELINE_USER, OBSERVER_USER]
-    names += [sim_username(site) for site in sim_sites]
-    names += [device_username(site, dev) for site, ids in devices.items() for dev in ids]
-    users = {name: Credential(name, secrets.token_urlsafe(24)) for name in names}
+    services = [PIPELINE_USER, OBSERVER_USER, *(sim_username(site) for site in sim_sites)]
+    device_users = [device_username(site, dev) for site, ids in devices.items() for dev in ids]
+    users = {name: Credential(name, secrets.token_urlsafe(24)) for name in services + device_users}
     passwords = {u.username: u.password for u in users.values()}
     _write_secret(d / CREDENTIALS_FILE, json.dumps(passwords, indent=2) + "\n")
     for site in sim_sites:
@@ -234,7 +243,8 @@ def generate_broker_security(
         }
         body = {**_as_dict(sim), "devices": per_device}
         _write_secret(d / f"sim-{site}.json", json.dumps(body, indent=2) + "\n")
-    _write_password_file(d / "passwords", users.values())
+    _write_password_file(d / "passwords", (users[name] for name in services))
+    _write_password_file(d / DEVICE_PASSWORDS_FILE, (users[name] for name in device_users))
     (d / "acl").write_text(acl_text(devices, sim_sites))
     return BrokerSecurity.load(d)
 

@@ -25,6 +25,7 @@ STATE_FILE = "stack.json"
 SECURE_SITE = "demo"
 SECURE_DEVICES = 50
 ENV_FILE = "pipeline.env"
+SIM_ENV_FILE = "sim.env"
 
 
 class LocalStack:
@@ -57,7 +58,10 @@ class LocalStack:
                 )
             influx_auth = influx_credentials(sec_dir)
         self.influx_users = influx_auth or {}
-        self.mosquitto = Mosquitto(self.state_dir / "mosquitto", security=self.security)
+        # Secure: TLS only, no plaintext listener at all (not even on loopback).
+        self.mosquitto = Mosquitto(
+            self.state_dir / "mosquitto", security=self.security, plaintext=not secure
+        )
         admin = self.influx_users.get("admin")
         self.influxdb = InfluxDB(
             self.state_dir / "influxdb",
@@ -83,11 +87,12 @@ class LocalStack:
         return self.state_dir / STATE_FILE
 
     def env(self, *, secrets: bool = True) -> dict[str, str]:
-        """Environment variables pointing Fieldline components at this stack.
+        """Environment variables pointing the pipeline at this stack.
 
-        In a secure stack they carry the pipeline's credentials (TLS URL with
-        its user, its write-only InfluxDB user) and the simulator's credentials
-        file; `secrets=False` leaves the passwords out.
+        Without security every tool may use them. In a secure stack they are
+        the pipeline's alone: the service listener's TLS URL with its user, its
+        write-only InfluxDB user; `secrets=False` leaves the passwords out. The
+        simulator has its own, :meth:`sim_env`.
         """
         env = {
             "FIELDLINE_BROKER_URL": self.mosquitto.url,
@@ -97,9 +102,9 @@ class LocalStack:
         if self.security is not None:
             pipe = self.security.pipeline
             auth = f"{pipe.username}:{pipe.password}" if secrets else pipe.username
-            env["FIELDLINE_BROKER_URL"] = self.mosquitto.tls_url.replace("://", f"://{auth}@", 1)
+            url = self.mosquitto.service_url.replace("://", f"://{auth}@", 1)
+            env["FIELDLINE_BROKER_URL"] = url
             env["FIELDLINE_MQTT_CA_FILE"] = str(self.security.ca_file)
-            env["FIELDLINE_SIM_CREDENTIALS"] = str(self.security.sim_credentials_file(SECURE_SITE))
             writer = self.influx_users["pipeline"]
             env["FIELDLINE_INFLUX_USER"] = writer.username
             if secrets:
@@ -108,18 +113,42 @@ class LocalStack:
             env["FIELDLINE_VM_URL"] = self.victoriametrics.url
         return env
 
+    def sim_env(self) -> dict[str, str]:
+        """Environment variables of ``fieldline sim run/fleet`` against this stack.
+
+        In a secure stack: the service listener for the simulator's own user,
+        the device listener for the devices' users (both from the credentials
+        file, which this names), the CA. No password of the pipeline or of
+        InfluxDB, and no password at all in the variables themselves.
+        """
+        if self.security is None:
+            return {"FIELDLINE_BROKER_URL": self.mosquitto.url}
+        return {
+            "FIELDLINE_BROKER_URL": self.mosquitto.service_url,
+            "FIELDLINE_SIM_DEVICE_BROKER_URL": self.mosquitto.tls_url,
+            "FIELDLINE_MQTT_CA_FILE": str(self.security.ca_file),
+            "FIELDLINE_SIM_CREDENTIALS": str(self.security.sim_credentials_file(SECURE_SITE)),
+        }
+
     @property
     def env_file(self) -> Path | None:
-        """In a secure stack: the `KEY=VALUE` file (mode 0600) holding `env()` with secrets."""
+        """In a secure stack: the pipeline's `KEY=VALUE` file (mode 0600), `env()` with secrets."""
         return self.security.directory / ENV_FILE if self.security is not None else None
 
-    def _write_env_file(self) -> None:
-        if self.env_file is None:
-            return
-        self.env_file.unlink(missing_ok=True)
-        fd = os.open(self.env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.writelines(f"{k}={v}\n" for k, v in self.env().items())
+    @property
+    def sim_env_file(self) -> Path | None:
+        """In a secure stack: the simulator's `KEY=VALUE` file (mode 0600), `sim_env()`."""
+        return self.security.directory / SIM_ENV_FILE if self.security is not None else None
+
+    def _write_env_files(self) -> None:
+        # One file per tool, so that loading one hands no other tool's secret over.
+        for path, env in ((self.env_file, self.env()), (self.sim_env_file, self.sim_env())):
+            if path is None:
+                continue
+            path.unlink(missing_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.writelines(f"{k}={v}\n" for k, v in env.items())
 
     def start(self) -> LocalStack:
         """Start every service, create the database, write stack.json.
@@ -136,7 +165,7 @@ class LocalStack:
             if self.secure:
                 writer = self.influx_users["pipeline"]
                 self.influxdb.create_writer(writer.username, writer.password, self.database)
-            self._write_env_file()
+            self._write_env_files()
         except BaseException:
             self.stop()
             raise
@@ -181,6 +210,9 @@ class LocalStack:
         if self.mosquitto.tls_port is not None:
             services["mosquitto"]["tls_port"] = self.mosquitto.tls_port
             services["mosquitto"]["tls_url"] = self.mosquitto.tls_url
+        if self.mosquitto.service_port is not None:
+            services["mosquitto"]["service_port"] = self.mosquitto.service_port
+            services["mosquitto"]["service_url"] = self.mosquitto.service_url
         described: dict[str, Any] = {
             "state_dir": str(self.state_dir),
             "database": self.database,
@@ -188,9 +220,11 @@ class LocalStack:
             "services": services,
             # Never a password here: stack.json is an ordinary readable file.
             "env": self.env(secrets=False),
+            "sim_env": self.sim_env(),
         }
-        if self.env_file is not None:
+        if self.env_file is not None and self.sim_env_file is not None:
             described["env_file"] = str(self.env_file)
+            described["sim_env_file"] = str(self.sim_env_file)
         return described
 
     def _write_state(self) -> None:
@@ -218,6 +252,8 @@ class LocalStack:
                 service.adopt(int(services[name]["pid"]))
             if "tls_port" in services["mosquitto"]:
                 stack.mosquitto.tls_port = int(services["mosquitto"]["tls_port"])
+            if "service_port" in services["mosquitto"]:
+                stack.mosquitto.service_port = int(services["mosquitto"]["service_port"])
             stack.influxdb.rpc_port = int(services["influxdb"]["rpc_port"])
             stack.database = str(state["database"])
         except FileNotFoundError:
