@@ -9,6 +9,12 @@
 Sources and sinks are parameters, so the same flow runs against MQTT and
 InfluxDB in production and against Bytewax's testing connectors in unit tests.
 State is keyed by ``site/device``; Bytewax routes each device to one worker.
+
+No message can stop the flow: every per-message step turns any exception into
+a dead letter (reason ``internal_error``, with the exception, the original
+topic and payload) or, for an output that has no single original message (a
+window or anomaly point, an alert), into a logged and counted drop. A crash
+there would repeat on every replay of the ingest log after a restart.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from fieldline_edge.contract import (
     ContractError,
     DeadLetter,
     Status,
+    alerts_topic,
     dead_letter_topic,
     decode_status,
     encode_dead_letter,
@@ -45,7 +52,7 @@ from fieldline_pipeline.detection import (
 )
 from fieldline_pipeline.lineprotocol import format_line
 from fieldline_pipeline.metrics import METRICS, PipelineMetrics
-from fieldline_pipeline.windows import DeviceWindows, WindowConfig, WindowResult
+from fieldline_pipeline.windows import DeviceWindows, LateReadings, WindowConfig, WindowResult
 
 __all__ = ["TELEMETRY_SUBSCRIPTION", "build_dataflow", "decode_message", "window_line"]
 
@@ -62,10 +69,16 @@ DEFAULT_MAX_FUTURE_MS = 5 * 60 * 1000
 
 
 class Accepted(NamedTuple):
-    """A valid message, as per-sensor columns, and when the intake received it."""
+    """A valid message, as per-sensor columns, and when the intake received it.
+
+    The original topic and payload ride along, so that a failure further on
+    still dead-letters the message whole.
+    """
 
     msg: Columns
     received_ms: int
+    topic: str = ""
+    payload: bytes = b""
 
 
 class StatusUpdate(NamedTuple):
@@ -73,6 +86,28 @@ class StatusUpdate(NamedTuple):
 
     site: str
     status: Status
+    topic: str = ""
+    payload: bytes = b""
+    received_ms: int = 0
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception, short, for a dead letter's detail."""
+    try:
+        text = str(exc)
+    except Exception:  # an exception whose __str__ fails
+        text = "(message unavailable)"
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+def internal_error(
+    step: str, exc: BaseException, topic: str, payload: bytes, received_ms: int,
+    metrics: PipelineMetrics,
+) -> DeadLetter:  # fmt: skip
+    """A dead letter for a message that ``step`` failed on unexpectedly (a bug), counted."""
+    log.error("%s failed on a message from %s: %s", step, topic, describe(exc), exc_info=exc)
+    metrics.on_dead_letter("internal_error")
+    return DeadLetter("internal_error", f"{step}: {describe(exc)}", topic, payload, received_ms)
 
 
 def decode_message(
@@ -93,19 +128,17 @@ def decode_message(
             if not msg.payload:
                 return None
             status = decode_status(msg.topic, msg.payload)
-            return StatusUpdate(msg.topic.split("/", 2)[1], status)
+            return StatusUpdate(
+                msg.topic.split("/", 2)[1], status, msg.topic, msg.payload, msg.received_ms
+            )
         cols = decode_columns(msg.topic, msg.payload, msg.received_ms + max_future_ms)
     except ContractError as exc:
         metrics.on_dead_letter(exc.reason)
         return DeadLetter(exc.reason, exc.detail, msg.topic, msg.payload, msg.received_ms)
     except Exception as exc:  # a decoder bug must cost one message, not the pipeline
-        metrics.on_dead_letter("internal_error")
-        return DeadLetter(
-            "internal_error", f"{type(exc).__name__}: {exc}"[:300], msg.topic, msg.payload,
-            msg.received_ms,
-        )  # fmt: skip
+        return internal_error("decode", exc, msg.topic, msg.payload, msg.received_ms, metrics)
     metrics.on_message()
-    return Accepted(cols, msg.received_ms)
+    return Accepted(cols, msg.received_ms, msg.topic, msg.payload)
 
 
 def status_line(u: StatusUpdate) -> str:
@@ -143,7 +176,10 @@ def window_line(w: WindowResult) -> str:
     )
 
 
-class _WindowLogic(StatefulBatchLogic[Accepted, WindowResult | Anomaly, dict[str, Any]]):
+Out = WindowResult | Anomaly | DeadLetter
+
+
+class _WindowLogic(StatefulBatchLogic[Accepted, Out, dict[str, Any]]):
     def __init__(
         self,
         windows: DeviceWindows,
@@ -156,45 +192,85 @@ class _WindowLogic(StatefulBatchLogic[Accepted, WindowResult | Anomaly, dict[str
         self._clock = clock
         self._d = detectors
 
-    def on_batch(self, values: list[Accepted]) -> tuple[list[WindowResult | Anomaly], bool]:
+    def on_batch(self, values: list[Accepted]) -> tuple[list[Out], bool]:
+        """Each message in turn, all or nothing (:meth:`_apply`).
+
+        A message that fails is dead-lettered (``internal_error``) with the
+        device's state as it was before it; the batch's other messages go on.
+        """
         w = self._w
-        d = self._d
-        out: list[WindowResult | Anomaly] = []
-        readings = late_total = duplicates = anomalies = 0
-        for cols, received_ms in values:
-            if w.is_duplicate(cols.seq):
+        out: list[Out] = []
+        readings = late_total = duplicates = anomalies = windows = 0
+        for a in values:
+            try:
+                applied = self._apply(a.msg, a.received_ms)
+            except Exception as exc:
+                out.append(
+                    internal_error("windows", exc, a.topic, a.payload, a.received_ms, self._metrics)
+                )
+                continue
+            if applied is None:
                 duplicates += 1
                 continue
-            if d is not None:  # after the dedupe: a redelivered message is not scored twice
-                found = d.update(cols)
-                if found:
-                    anomalies += len(found)
-                    out.extend(found)
-            readings += cols.count
-            closed, late = w.add_columns(cols, received_ms)
+            found, closed, late = applied
+            anomalies += len(found)
+            out.extend(found)
+            windows += len(closed)
             out.extend(closed)
+            readings += a.msg.count
             for lr in late:
                 late_total += lr.count
         m = self._metrics
         m.on_readings(readings, late_total, duplicates)
         m.on_event_time(w.max_ts)
-        m.on_windows(len(out) - anomalies)
+        m.on_windows(windows)
         if anomalies:
             m.on_anomalies(anomalies)
         return out, StatefulBatchLogic.RETAIN
 
-    def on_notify(self) -> tuple[list[WindowResult | Anomaly], bool]:
+    def _apply(
+        self, cols: Columns, received_ms: int
+    ) -> tuple[list[Anomaly], list[WindowResult], list[LateReadings]] | None:
+        """Add one message to the device's state; None for a duplicate.
+
+        The windows are computed first without being changed, then the
+        detectors learn, then the windows and the dedupe take the message in
+        plain assignments. Whatever raises on the way, the windows and the
+        dedupe are as they were; the detectors of the message's sensors, which
+        may have learnt part of it, start afresh.
+        """
+        w = self._w
+        seq_state = w.seq_state()
+        try:
+            if w.is_duplicate(cols.seq):
+                return None
+            pending = w.prepare(cols, received_ms)
+            found: list[Anomaly] = []
+            d = self._d
+            if d is not None:  # after the dedupe: a redelivered message is not scored twice
+                try:
+                    found = d.update(cols)
+                except Exception:
+                    d.forget(s.sensor for s in cols.series)
+                    raise
+        except Exception:
+            w.set_seq_state(seq_state)
+            raise
+        closed, late = w.commit(pending)
+        return found, closed, late
+
+    def on_notify(self) -> tuple[list[Out], bool]:
         now = self._clock.now_ms()
-        out: list[WindowResult | Anomaly] = list(self._w.on_time(now))
+        out: list[Out] = list(self._w.on_time(now))
         self._metrics.on_windows(len(out))
         if self._w.expired(now):
             return out, StatefulBatchLogic.DISCARD
         return out, StatefulBatchLogic.RETAIN
 
-    def on_eof(self) -> tuple[list[WindowResult | Anomaly], bool]:
+    def on_eof(self) -> tuple[list[Out], bool]:
         if not self._w.config.flush_on_eof:
             return [], StatefulBatchLogic.RETAIN
-        out: list[WindowResult | Anomaly] = list(self._w.close_all())
+        out: list[Out] = list(self._w.close_all())
         self._metrics.on_windows(len(out))
         return out, StatefulBatchLogic.RETAIN
 
@@ -217,19 +293,78 @@ def _writable(
     """``fmt`` that costs the point, never the pipeline, when it cannot be written.
 
     The contract keeps values, ids and units writable; should a point still not
-    fit line protocol, it is logged and counted and dropped: a crash here would
-    repeat on every replay of the same input.
+    fit line protocol, or formatting it fail in any other way, it is logged
+    (with all its values) and counted (``unwritable_windows``) and dropped: a
+    crash here would repeat on every replay of the same input.
     """
 
     def to_line(item: T) -> str | None:
         try:
             return fmt(item)
-        except ValueError:
+        except Exception:
             log.exception("%s cannot be written as line protocol: %r", what, item)
             metrics.on_unwritable_window()
             return None
 
     return to_line
+
+
+def _status_out(metrics: PipelineMetrics) -> Callable[[StatusUpdate], str | DeadLetter]:
+    """:func:`status_line`, or the status as an ``internal_error`` dead letter."""
+
+    def out(u: StatusUpdate) -> str | DeadLetter:
+        try:
+            return status_line(u)
+        except Exception as exc:
+            return internal_error("status_line", exc, u.topic, u.payload, u.received_ms, metrics)
+
+    return out
+
+
+def _alert_out(metrics: PipelineMetrics) -> Callable[[tuple[str, Anomaly]], tuple[str, bytes]]:
+    """The alert of an anomaly, or, should it not encode, a dead letter that says so."""
+
+    def out(kv: tuple[str, Anomaly]) -> tuple[str, bytes]:
+        a = kv[1]
+        try:
+            return anomaly_alert(a)
+        except Exception as exc:
+            # No original message: the dead letter carries the anomaly itself.
+            dl = internal_error(
+                "alert_encode", exc, alerts_topic(a.site, a.device), repr(a).encode(), a.ts,
+                metrics,
+            )  # fmt: skip
+            return dead_letter_topic(dl.reason), _encode_dead_letter(dl)
+
+    return out
+
+
+def _text(s: str) -> str:
+    """``s`` as text any JSON encoder takes (lone surrogates escaped)."""
+    return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _encode_dead_letter(d: DeadLetter) -> bytes:
+    try:
+        return encode_dead_letter(d)
+    except Exception:
+        # A detail or topic that is not valid Unicode text (lone surrogates).
+        return encode_dead_letter(d._replace(detail=_text(d.detail), topic=_text(d.topic)))
+
+
+def _dead_letter_message(d: DeadLetter | None) -> tuple[str, bytes] | None:
+    """A dead letter as an MQTT message; None for nothing to publish.
+
+    Should even that fail, the dead letter (already counted) is logged with
+    its reason and topic and dropped, never the pipeline.
+    """
+    if d is None:
+        return None
+    try:
+        return dead_letter_topic(d.reason), _encode_dead_letter(d)
+    except Exception:
+        log.exception("a dead letter (%s, from %r) cannot be encoded", d.reason, d.topic)
+        return None
 
 
 def build_dataflow(
@@ -259,11 +394,6 @@ def build_dataflow(
     statuses: Any = others.trues
     invalid: Any = others.falses
 
-    dead = op.filter_map(
-        "dead_letter_encode",
-        invalid,
-        lambda d: None if d is None else (dead_letter_topic(d.reason), encode_dead_letter(d)),
-    )
     keyed = op.key_on("by_device", valid, lambda a: f"{a.msg.site}/{a.msg.device}")
 
     def builder(resume: dict[str, Any] | None) -> _WindowLogic:
@@ -274,10 +404,11 @@ def build_dataflow(
         return _WindowLogic(w, metrics, clock_, d)
 
     results: Any = op.stateful_batch("windows", keyed, builder)
-    windows: Any = results
+    failed = op.branch("failed", results, lambda kv: isinstance(kv[1], DeadLetter))
+    windows: Any = failed.falses
     found: Any = None
     if detection is not None:
-        by_kind = op.branch("anomaly_or_window", results, lambda kv: isinstance(kv[1], Anomaly))
+        by_kind = op.branch("anomaly_or_window", windows, lambda kv: isinstance(kv[1], Anomaly))
         found, windows = by_kind.trues, by_kind.falses
 
     def keyed_window(kv: tuple[str, WindowResult]) -> str:
@@ -286,15 +417,21 @@ def build_dataflow(
     def keyed_anomaly(kv: tuple[str, Anomaly]) -> str:
         return anomaly_line(kv[1])
 
-    window_lines = _writable("window", keyed_window, metrics)
-    all_lines = [
-        op.filter_map("window_line", windows, window_lines),
-        op.filter_map("status_line", statuses, _writable("status", status_line, metrics)),
+    status_out = op.branch(
+        "status_ok", op.map("status_line", statuses, _status_out(metrics)),
+        lambda x: isinstance(x, str),
+    )  # fmt: skip
+    all_lines: list[Any] = [
+        op.filter_map("window_line", windows, _writable("window", keyed_window, metrics)),
+        status_out.trues,
     ]
+    unkeyed_failed = op.map("failed_message", failed.trues, lambda kv: kv[1])
+    all_dead: Any = op.merge("all_dead_letters", invalid, status_out.falses, unkeyed_failed)
+    dead = op.filter_map("dead_letter_encode", all_dead, _dead_letter_message)
     if found is not None:
         anomaly_lines = _writable("anomaly", keyed_anomaly, metrics)
         all_lines.append(op.filter_map("anomaly_line", found, anomaly_lines))
-        alerts = op.map("alert_encode", found, lambda kv: anomaly_alert(kv[1]))
+        alerts = op.map("alert_encode", found, _alert_out(metrics))
         dead = op.merge("mqtt_messages", dead, alerts)
     op.output("dead_letters_out", dead, dead_letter_sink)
     op.output("influx_out", op.merge("influx_lines", *all_lines), windows_sink)

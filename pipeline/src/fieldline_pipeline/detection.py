@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -122,6 +123,17 @@ class DeviceDetectors:
                     )
                 )  # fmt: skip
         return out
+
+    def forget(self, sensors: Iterable[str]) -> None:
+        """Drop these sensors' detectors: they start learning afresh.
+
+        For a message that failed half-way through :meth:`update`: a detector
+        that learnt part of it, or stopped inside its own update, is not
+        trusted further.
+        """
+        for sensor in sensors:
+            if self.sensors.pop(sensor, None) is not None:
+                log.warning("sensor %r of %s starts learning afresh", sensor, self.config.detector)
 
     # ------------------------------------------------------------------ recovery
 
