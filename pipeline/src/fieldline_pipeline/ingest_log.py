@@ -15,6 +15,13 @@ Commits are batched (group commit), so one fsync covers many messages.
 Retention: entries are deleted once they are older than ``retention_s`` *and*
 below the offset the dataflow has snapshotted, so the log also serves as a
 replayable record of recent input.
+
+Watermarks: beside the messages, the log records the intake's broker round
+trips (see :mod:`fieldline_pipeline.connectors.intake`). A watermark
+``(after, sent_ms)`` says: every message the broker held for this session at
+``sent_ms`` is at an offset ``<= after``. They live in a table of their own, so
+offsets keep counting messages only, and are ordered with the messages by
+``after``, so a replay from any offset sees them at the same places.
 """
 
 from __future__ import annotations
@@ -37,7 +44,16 @@ CREATE TABLE IF NOT EXISTS log (
     received_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS watermark (
+    after INTEGER PRIMARY KEY,    -- the newest message offset at the time it was appended
+    sent_ms INTEGER NOT NULL      -- wall time at which the marker was published
+) STRICT;
 """
+
+#: The topic of a watermark in :meth:`IngestLog.append`'s input. It contains
+#: U+0000, which MQTT forbids in topic names (MQTT 3.1.1 §4.7.3), so no message
+#: can carry it; it is stored in the ``watermark`` table, never as a message.
+WATERMARK_TOPIC = "\x00watermark"
 
 
 class LogEntry(NamedTuple):
@@ -64,6 +80,8 @@ class IngestLog:
         # offset ever written, so truncating the tail can never reuse an offset.
         row = self._db.execute("SELECT value FROM meta WHERE key='high'").fetchone()
         self._high = max(row[0] if row else 0, self._max_offset())
+        # Watermarks never go back, even should the wall clock step back.
+        self._watermark = self.watermark_at(self._high + 1) or 0
 
     def _max_offset(self) -> int:
         row = self._db.execute("SELECT max(offset) FROM log").fetchone()
@@ -72,16 +90,32 @@ class IngestLog:
     def append(self, entries: Sequence[tuple[str, bytes, int]]) -> int:
         """Append ``(topic, payload, received_ms)`` rows in one durable transaction.
 
-        Returns the offset of the last row. When this returns, the rows are on disk.
+        A row whose topic is :data:`WATERMARK_TOPIC` is a watermark, its
+        ``received_ms`` the marker's send time: it is recorded after the
+        messages before it in ``entries``. Returns the offset of the last
+        message. When this returns, the rows are on disk.
         """
         if not entries:
             return self._high
         with self._lock:
             start = self._high + 1
-            rows = [(start + i, t, p, r) for i, (t, p, r) in enumerate(entries)]
+            rows: list[tuple[int, str, bytes, int]] = []
+            marks: list[tuple[int, int]] = []
+            watermark = self._watermark
+            for t, p, r in entries:
+                if t == WATERMARK_TOPIC:
+                    watermark = max(watermark, r)
+                    marks.append((start + len(rows) - 1, watermark))
+                else:
+                    rows.append((start + len(rows), t, p, r))
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany("INSERT INTO log VALUES (?, ?, ?, ?)", rows)
+                self._db.executemany(
+                    "INSERT INTO watermark VALUES (?, ?) ON CONFLICT(after) DO UPDATE "
+                    "SET sent_ms=max(sent_ms, excluded.sent_ms)",
+                    marks,
+                )
                 self._high = start + len(rows) - 1
                 self._db.execute(
                     "INSERT INTO meta VALUES ('high', ?) ON CONFLICT(key) DO UPDATE "
@@ -89,6 +123,7 @@ class IngestLog:
                     (self._high,),
                 )
                 self._db.execute("COMMIT")
+                self._watermark = watermark
             except BaseException:
                 self._db.execute("ROLLBACK")
                 self._high = start - 1
@@ -105,6 +140,25 @@ class IngestLog:
             )
             return [LogEntry(*row) for row in cur.fetchall()]
 
+    def watermark_at(self, next_offset: int) -> int | None:
+        """The newest watermark a reader that has read every offset below
+        ``next_offset`` has passed (its ``sent_ms``), or None if there is none."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT sent_ms FROM watermark WHERE after < ? ORDER BY after DESC LIMIT 1",
+                (next_offset,),
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+    def received_before(self, offset: int) -> int | None:
+        """``received_ms`` of the newest message below ``offset`` still in the log."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT received_ms FROM log WHERE offset < ? ORDER BY offset DESC LIMIT 1",
+                (offset,),
+            ).fetchone()
+            return None if row is None else int(row[0])
+
     def newest_offset(self) -> int:
         """Offset of the newest entry in the file, whichever process wrote it."""
         with self._lock:
@@ -118,16 +172,23 @@ class IngestLog:
 
     def truncate(self, below_offset: int, older_than_ms: int | None = None) -> int:
         """Delete entries below ``below_offset`` (and, if given, received before
-        ``older_than_ms``); returns how many were deleted."""
+        ``older_than_ms``); returns how many were deleted.
+
+        Watermarks go by the same rule, except the newest one below
+        ``below_offset``: a reader resuming there takes its clock from it.
+        """
+        older = older_than_ms if older_than_ms is not None else 2**62
         with self._lock:
-            if older_than_ms is None:
-                cur = self._db.execute("DELETE FROM log WHERE offset < ?", (below_offset,))
-            else:
-                cur = self._db.execute(
-                    "DELETE FROM log WHERE offset < ? AND received_ms < ?",
-                    (below_offset, older_than_ms),
-                )
-            return cur.rowcount
+            cur = self._db.execute(
+                "DELETE FROM log WHERE offset < ? AND received_ms < ?", (below_offset, older)
+            )
+            deleted = cur.rowcount
+            self._db.execute(
+                "DELETE FROM watermark WHERE sent_ms < ? AND after < "
+                "(SELECT max(after) FROM watermark WHERE after < ?)",
+                (older, below_offset),
+            )
+            return deleted
 
     def count(self) -> int:
         with self._lock:

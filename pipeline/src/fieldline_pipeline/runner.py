@@ -113,6 +113,8 @@ def _metrics_publisher(
         # Progress through the ingest log; both survive restarts (offsets).
         snap["log_high"] = ingest_log.newest_offset()
         snap["log_next"] = clock.next_offsets().get(partition_name(settings.process_id), 0)
+        # The newest broker round trip the dataflow has read (idle closing's "now").
+        snap["watermark_ms"] = clock.watermark_ms()
         sink_stats = sink.stats()
         snap["sink_state"] = sink_stats.state
         snap["sink_retries"] = sink_stats.retries

@@ -31,7 +31,7 @@ from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from typing import Any
 
-from fieldline_pipeline.connectors.intake import MQTTIntake
+from fieldline_pipeline.connectors.intake import MQTTIntake, watermark_topic
 from fieldline_pipeline.connectors.mqtt import MQTTSettings
 from fieldline_pipeline.gc_tuning import tune_gc
 from fieldline_pipeline.ingest_log import IngestLog
@@ -102,6 +102,7 @@ class IntakeProcess:
         client_id: str,
         shared: bool,
     ) -> None:
+        watermark_topic(client_id)  # refuse a client id that cannot name its topic, here
         ctx = mp.get_context("spawn")  # no fork of a process that runs threads
         self._messages: Synchronized[int] = ctx.Value("q", 0, lock=False)
         self._subscribed: Synchronized[int] = ctx.Value("b", 0, lock=False)

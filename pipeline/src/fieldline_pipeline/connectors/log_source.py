@@ -10,6 +10,10 @@ last snapshot and reads on from there, as Bytewax's Kafka source does. Messages
 after the resume epoch are read again and the windows they close are written
 again with the same values (the InfluxDB sink overwrites the same points).
 
+Time: the partition reports to the process's :class:`IngestClock` the newest
+watermark among the offsets it has read (see :mod:`fieldline_pipeline.clock`),
+so idle closing follows the log, not the wall clock.
+
 Stopping: when ``stop`` is set (after the intake has committed its last
 messages), each partition reads to the end of its log and then ends.
 """
@@ -61,19 +65,31 @@ class _LogPartition(StatefulSourcePartition[MqttMessage, int]):
         self._stop = stop
         self._retention_ms = retention_ms
         self._full = False
+        # Before the log has a watermark: nothing read can have been seen
+        # before the message just below the resume offset, or on a fresh start
+        # before the first message read (see IngestClock.now_ms).
+        self._floor = log.received_before(offset)
+        self._fresh = offset <= 1
+        self._report()
         self._snapshots: deque[int] = deque(maxlen=SNAPSHOTS_KEPT)
         self._last_truncate_ms = 0
+
+    def _report(self) -> None:
+        watermark = self._log.watermark_at(self._offset)
+        self._clock.observe(self._name, watermark, self._offset, self._floor)
 
     def next_batch(self) -> list[MqttMessage]:
         entries = self._log.read(self._offset, READ_BATCH)
         self._full = len(entries) == READ_BATCH
         if not entries:
-            self._clock.observe(self._name, True, None, self._offset)
+            self._report()  # a watermark may have come without messages
             if self._stop.is_set():
                 raise StopIteration
             return []
+        if self._floor is None and self._fresh:
+            self._floor = entries[0].received_ms - 1
         self._offset = entries[-1].offset + 1
-        self._clock.observe(self._name, not self._full, entries[-1].received_ms, self._offset)
+        self._report()
         return [MqttMessage(e.topic, e.payload, e.received_ms) for e in entries]
 
     def next_awake(self) -> datetime | None:
