@@ -186,6 +186,7 @@ def acl_text(devices: Mapping[str, Sequence[str]], sim_sites: Iterable[str] = ()
         "topic write fieldline/deadletter/#",
         "topic write fieldline/+/+/alerts",
         "topic write fieldline/_metrics/pipeline/#",
+        "topic readwrite fieldline/_pipeline/#",
     ]
     for site in sim_sites:
         lines += [
