@@ -179,25 +179,35 @@ def test_the_image_installs_every_workspace_member() -> None:
 # --- the broker of the stack, for real ---------------------------------------------
 
 
+#: A device user added to the compose broker's devices.passwd by `compose_broker`.
+COMPOSE_DEVICE = ("demo/dev-1", "device-password")
+
+
 @pytest.fixture
 def compose_broker(deploy_copy: Path, tmp_path: Path) -> Iterator[tuple[int, Path, dict[str, str]]]:
     """Debian's Mosquitto with deploy/compose/mosquitto's config, ACL and generated
-    secrets (the container's paths moved into a temp dir, the port a free one)."""
+    secrets (the container's paths moved into a temp dir, the ports free ones).
+
+    Yields the services' port, the CA and .env; the devices' port is in
+    ``env["DEVICE_PORT"]``, with `COMPOSE_DEVICE` as its one user."""
     assert _init_secrets(deploy_copy).returncode == 0
     secrets_dir = deploy_copy / "compose" / "secrets"
     run = tmp_path / "mosquitto"
     (run / "secrets").mkdir(parents=True)
-    for f in ("ca.crt", "mosquitto.crt", "mosquitto.key", "mosquitto.passwd"):
+    for f in ("ca.crt", "mosquitto.crt", "mosquitto.key", "mosquitto.passwd", "devices.passwd"):
         shutil.copy(secrets_dir / f, run / "secrets" / f)
     # What start.sh does in the container: hash the plain-text password file.
     subprocess.run([_tool("mosquitto_passwd"), "-U", str(run / "secrets" / "mosquitto.passwd")],
                    check=True, capture_output=True)  # fmt: skip
-    port = free_port()
+    subprocess.run([_tool("mosquitto_passwd"), "-b", str(run / "secrets" / "devices.passwd"),
+                    *COMPOSE_DEVICE], check=True, capture_output=True)  # fmt: skip
+    port, device_port = free_port(), free_port()
     conf = (DEPLOY / "compose" / "mosquitto" / "mosquitto.conf").read_text()
     conf = conf.replace("/mosquitto/data/secrets", str(run / "secrets"))
     conf = conf.replace("/mosquitto/config/acl", str(DEPLOY / "compose" / "mosquitto" / "acl"))
     conf = conf.replace("/mosquitto/data/", str(run) + "/")
-    conf = conf.replace("listener 8883", f"listener {port} 127.0.0.1")
+    conf = conf.replace("listener 8883", f"listener {device_port} 127.0.0.1")
+    conf = conf.replace("listener 8884", f"listener {port} 127.0.0.1")
     if os.geteuid() == 0:
         # As root, Mosquitto would switch to the user 'mosquitto', which cannot read
         # these files (the container's start.sh hands them to that user instead).
@@ -210,24 +220,37 @@ def compose_broker(deploy_copy: Path, tmp_path: Path) -> Iterator[tuple[int, Pat
         )
     try:
         for _ in range(200):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
+            with socket.socket() as s, socket.socket() as d:
+                up = s.connect_ex(("127.0.0.1", port)), d.connect_ex(("127.0.0.1", device_port))
+                if up == (0, 0):
                     break
             assert proc.poll() is None, log.read_text()
             time.sleep(0.1)
-        yield port, secrets_dir / "ca.crt", _env(deploy_copy)
+        yield port, secrets_dir / "ca.crt", {**_env(deploy_copy), "DEVICE_PORT": str(device_port)}
     finally:
         proc.terminate()
         proc.wait(timeout=10)
 
 
-def _client(port: int, ca: Path, user: str | None, password: str | None) -> tuple[mqtt.Client, int]:
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{user}-{os.getpid()}")
+def _client(
+    port: int, ca: Path, user: str | None, password: str | None,
+    client_id: str | None = None, clean_session: bool = True,
+) -> tuple[mqtt.Client, int]:  # fmt: skip
+    c = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id or f"t-{user}-{os.getpid()}",
+        clean_session=clean_session,
+    )  # fmt: skip
     c.tls_set(ca_certs=str(ca), tls_version=ssl.PROTOCOL_TLS_CLIENT)
     if user is not None:
         c.username_pw_set(user, password)
     result: list[int] = []
-    c.on_connect = lambda _c, _u, _f, rc, _p: result.append(int(rc.value))
+    # Filled from paho's thread: before any callback a caller could set after connecting.
+    c.user_data_set({"session_present": None, "messages": []})
+    c.on_message = lambda _c, u, m: u["messages"].append(bytes(m.payload))
+    c.on_connect = lambda _c, u, f, rc, _p: (
+        u.update(session_present=f.session_present),
+        result.append(int(rc.value)),
+    )
     c.connect("localhost", port, keepalive=10)
     c.loop_start()
     for _ in range(100):
@@ -284,6 +307,47 @@ def test_compose_broker_wants_tls_logins_and_confines_users(
         "fieldline/demo/dev-1/telemetry",
     ]
     assert got["sim"] == []
+
+
+def test_compose_broker_binds_device_client_ids(
+    compose_broker: tuple[int, Path, dict[str, str]],
+) -> None:
+    """A device key can neither log in on the services' listener nor resume the
+    pipeline's session by its client id: what was queued for it is all there."""
+    port, ca, env = compose_broker
+    device_port = int(env["DEVICE_PORT"])
+    pipe_password = env["PIPELINE_MQTT_PASSWORD"]
+    pipe, rc = _client(port, ca, "fieldline-pipeline", pipe_password, "compose-pipeline-0", False)
+    assert rc == 0
+    subscribed = threading.Event()
+    pipe.on_subscribe = lambda *_a: subscribed.set()
+    pipe.subscribe("fieldline/+/+/telemetry", qos=1)
+    assert subscribed.wait(10)
+    _close(pipe)  # a stopped pipeline: its session stays and collects
+    dev, rc = _client(device_port, ca, *COMPOSE_DEVICE)
+    assert rc == 0
+    for i in range(5):
+        dev.publish("fieldline/demo/dev-1/telemetry", str(i).encode(), qos=1).wait_for_publish(10)
+    _close(dev)
+    wrong_place, rc = _client(port, ca, *COMPOSE_DEVICE)
+    _close(wrong_place)
+    assert rc != 0, "a device logged in on the services' listener"
+    services_on_devices, rc = _client(device_port, ca, "fieldline-pipeline", pipe_password)
+    _close(services_on_devices)
+    assert rc != 0, "a service logged in on the devices' listener"
+    thief, rc = _client(device_port, ca, *COMPOSE_DEVICE, "compose-pipeline-0", False)
+    present = thief.user_data_get()["session_present"]  # type: ignore[no-untyped-call]
+    _close(thief)
+    assert (rc, present) == (0, False)  # itself, in a fresh session of its own
+    back, rc = _client(port, ca, "fieldline-pipeline", pipe_password, "compose-pipeline-0", False)
+    got: list[bytes] = back.user_data_get()["messages"]  # type: ignore[no-untyped-call]
+    for _ in range(600):
+        if len(got) >= 5:
+            break
+        time.sleep(0.05)
+    _close(back)
+    assert rc == 0
+    assert sorted(got) == [str(i).encode() for i in range(5)]
 
 
 # --- Kubernetes ----------------------------------------------------------------------

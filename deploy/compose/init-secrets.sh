@@ -2,6 +2,8 @@
 # Secrets for deploy/compose.yaml, generated on this machine, never committed:
 #   .env                      settings and random passwords/tokens (from compose/.env.example)
 #   compose/secrets/          a CA, Mosquitto's TLS certificate and key, the broker users
+#                             (services in mosquitto.passwd; devices.passwd is made empty
+#                             once and then left alone: it holds the devices' users)
 # Every file is readable by its owner only. An existing .env is kept unless --force.
 #
 # Usage: compose/init-secrets.sh [--force] [--hostname NAME]...
@@ -60,6 +62,9 @@ mv "$tmp_env" "$env_file"
 # Broker users, in plain text: the broker hashes them at start (start.sh).
 printf 'fieldline-pipeline:%s\nfieldline-sim:%s\n' "$pipeline_mqtt" "$sim_mqtt" \
   > "$secrets_dir/mosquitto.passwd"
+# The devices' users (hashed lines, from fieldline edge's operator directory);
+# never overwritten, not even by --force: the devices keep their passwords.
+[ -e "$secrets_dir/devices.passwd" ] || : > "$secrets_dir/devices.passwd"
 
 # A CA, and the broker's certificate signed by it (EC keys, 825 days).
 openssl ecparam -name prime256v1 -genkey -noout -out "$secrets_dir/ca.key"
