@@ -21,17 +21,22 @@ from typing import Any
 import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Dataflow
-from bytewax.testing import TestingSource, cluster_main, run_main
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+from fieldline_edge.contract import DEAD_LETTER_TOPIC_PREFIX, decode_dead_letter
 from fieldline_localstack.faultproxy import FaultProxy
 from fieldline_localstack.influxdb import InfluxDB
 from fieldline_localstack.victoriametrics import VictoriaMetrics
 from fieldline_pipeline.connectors import influx
 from fieldline_pipeline.connectors.influx import (
+    REASON_REFUSED,
+    REASON_TAG_LIMIT,
     InfluxSink,
     InfluxV1Config,
     InfluxV2Config,
     InfluxWriteError,
     InfluxWriter,
+    RefusedLines,
     V1Writer,
     V2Writer,
     WriteOptions,
@@ -39,6 +44,7 @@ from fieldline_pipeline.connectors.influx import (
     make_writer,
 )
 from fieldline_pipeline.lineprotocol import format_line
+from fieldline_pipeline.metrics import PipelineMetrics
 
 FAST_RETRIES = WriteOptions(
     max_retries=2, retry_initial_delay_s=0.001, retry_max_delay_s=0.01, retry_jitter_s=0.001
@@ -148,23 +154,24 @@ def test_v1_rewrite_overwrites(influxdb: InfluxDB, v1_config: InfluxV1Config) ->
 
 
 @pytest.mark.services
-def test_v1_bad_line_raises_without_retry(
+def test_v1_unparsable_line_is_refused_alone(
     influxdb: InfluxDB, v1_config: InfluxV1Config, recorded_sleeps: list[float]
 ) -> None:
-    good = format_line("m", {"k": "ok"}, {"v": 1.0}, T0_MS)
+    good = [format_line("m", {"k": f"ok{i}"}, {"v": 1.0}, T0_MS) for i in range(5)]
+    bad = "m,k=bad v=notanumber 1"
     writer = _writer(v1_config, FAST_RETRIES)
     try:
-        with pytest.raises(InfluxWriteError, match="unable to parse") as info:
-            writer.write([good, "m,k=bad v=notanumber 1"])
-        assert info.value.status == 400
-        assert "notanumber" in info.value.body
-        assert (writer.stats.retries, writer.stats.errors, writer.stats.writes) == (0, 1, 0)
+        refused = writer.write([*good[:2], bad, *good[2:]])
+        assert refused == [RefusedLines(REASON_REFUSED, refused[0].detail, (bad,))]
+        assert "unable to parse" in refused[0].detail
+        assert "notanumber" in refused[0].detail
+        stats = writer.stats
+        assert (stats.lines, stats.refused, stats.errors, stats.retries) == (5, 1, 0, 0)
         assert recorded_sleeps == []
     finally:
         writer.close()
-    # InfluxDB 1.x keeps the good lines of a rejected batch ("partial write"):
-    # bad lines must be dead-lettered before the sink, not retried.
-    assert influxdb.points("SELECT v FROM m", v1_config.database) == [{"time": T0_MS, "v": 1.0}]
+    rows = influxdb.points("SELECT COUNT(v) FROM m", v1_config.database)
+    assert rows[0]["count"] == 5
 
 
 @pytest.mark.services
@@ -618,3 +625,268 @@ def test_stats_sum_is_retrying_while_any_writer_is() -> None:
     assert (total.writes, total.lines, total.retries, total.errors) == (3, 15, 4, 0)
     assert (total.state, total.retrying_since) == ("retrying", 100.0)
     assert total.describe(now_s=112.5) == "retrying for 12.5 s (no answer: refused)"
+
+
+# ------------------------------------------------------------ refused points
+#
+# InfluxDB 1.x stores what it can of a request and answers 400 "partial write:
+# <one reason> dropped=N" for the rest. The writer must single the refused
+# lines out, hand them back and go on.
+
+HOUR_MS = 3_600_000
+
+
+@pytest.fixture
+def one_hour_db(influxdb: InfluxDB, influx_db: str) -> str:
+    """``influx_db`` whose default retention policy keeps one hour."""
+    influxdb.query(
+        f'CREATE RETENTION POLICY "one_hour" ON "{influx_db}" DURATION 1h REPLICATION 1 DEFAULT'
+    )
+    return influx_db
+
+
+@pytest.fixture(scope="module")
+def tag_limited_influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB]:
+    """An InfluxDB that keeps at most 10 values of a tag (max-values-per-tag)."""
+    server = InfluxDB(tmp_path_factory.mktemp("tag_limited"), max_values_per_tag=10)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def _recent_lines(now_ms: int, n: int, measurement: str = "rw") -> list[str]:
+    return [
+        format_line(measurement, {"device": f"d{i}", "sensor": "t"}, {"mean": float(i)}, now_ms - i)
+        for i in range(n)
+    ]
+
+
+@pytest.mark.services
+def test_v1_point_beyond_retention_is_singled_out(influxdb: InfluxDB, one_hour_db: str) -> None:
+    now_ms = int(time.time() * 1000)
+    lines = _recent_lines(now_ms, 40)
+    old = format_line("rw", {"device": "old", "sensor": "t"}, {"mean": -1.0}, now_ms - 2 * HOUR_MS)
+    lines.insert(17, old)
+    writer = _writer(InfluxV1Config(influxdb.url, one_hour_db), WriteOptions())
+    try:
+        refused = writer.write(lines)
+        stats = writer.stats
+    finally:
+        writer.close()
+    assert len(refused) == 1
+    assert (refused[0].reason, refused[0].lines, refused[0].exact) == (
+        REASON_REFUSED, (old,), True,
+    )  # fmt: skip
+    assert "points beyond retention policy" in refused[0].detail
+    assert (stats.lines, stats.refused, stats.errors) == (40, 1, 0)
+    # Halving 41 lines down to one costs two requests a level: 6 levels.
+    assert stats.writes <= 1 + 2 * 6
+    rows = influxdb.points("SELECT COUNT(mean), SUM(mean) FROM rw", one_hour_db)
+    assert (rows[0]["count"], rows[0]["sum"]) == (40, sum(range(40)))
+
+
+@pytest.mark.services
+def test_v1_chunk_refused_whole_needs_no_search(influxdb: InfluxDB, one_hour_db: str) -> None:
+    # A replay of old data: InfluxDB's dropped=N equals the chunk, so no halving.
+    now_ms = int(time.time() * 1000)
+    old = _recent_lines(now_ms - 3 * HOUR_MS, 25)
+    writer = _writer(InfluxV1Config(influxdb.url, one_hour_db), WriteOptions(batch_size_lines=10))
+    try:
+        refused = writer.write(old)
+        assert writer.stats.writes == 3
+    finally:
+        writer.close()
+    assert [r.lines for r in refused] == [tuple(old[:10]), tuple(old[10:20]), tuple(old[20:])]
+    assert influxdb.points("SELECT COUNT(mean) FROM rw", one_hour_db) == []
+
+
+@pytest.mark.services
+def test_v1_search_bound_returns_the_rest_whole(influxdb: InfluxDB, one_hour_db: str) -> None:
+    now_ms = int(time.time() * 1000)
+    lines = _recent_lines(now_ms, 16)
+    old = format_line("rw", {"device": "old", "sensor": "t"}, {"mean": -1.0}, now_ms - 2 * HOUR_MS)
+    lines.insert(5, old)
+    # 2 extra requests: one halving, then the refused half is returned undivided.
+    writer = _writer(
+        InfluxV1Config(influxdb.url, one_hour_db), WriteOptions(max_refusal_requests=3)
+    )
+    try:
+        refused = writer.write(lines)
+        stats = writer.stats
+    finally:
+        writer.close()
+    assert len(refused) == 1
+    assert refused[0].exact is False
+    assert refused[0].lines == tuple(lines[:8])  # the half that holds the old point
+    assert (stats.writes, stats.refused, stats.lines) == (3, 8, 9)
+    # What the bound left undivided was stored all the same, but for the old point.
+    rows = influxdb.points("SELECT COUNT(mean) FROM rw", one_hour_db)
+    assert rows[0]["count"] == 16
+
+
+@pytest.mark.services
+def test_v1_tag_value_limit_is_a_reason_of_its_own(tag_limited_influxdb: InfluxDB) -> None:
+    server = tag_limited_influxdb
+    db = f"t_{uuid.uuid4().hex[:8]}"
+    server.create_database(db)
+    now_ms = int(time.time() * 1000)
+
+    def line(i: int, t: int) -> str:
+        return format_line("rw", {"device": "d1", "sensor": f"s{i:02d}"}, {"mean": float(i)}, t)
+
+    writer = _writer(InfluxV1Config(server.url, db), WriteOptions())
+    try:
+        # InfluxDB 1.6 checks the limit against the values stored before a
+        # request: fill the tag up to it, then come with 5 new names among old ones.
+        assert writer.write([line(i, now_ms - 1) for i in range(10)]) == []
+        lines = [line(i, now_ms) for i in (0, 10, 1, 2, 11, 3, 4, 12, 5, 6, 7, 13, 8, 9, 14)]
+        refused = writer.write(lines)
+        stats = writer.stats
+    finally:
+        writer.close()
+    assert [(r.reason, r.exact) for r in refused] == [(REASON_TAG_LIMIT, True)]
+    assert "max-values-per-tag limit exceeded" in refused[0].detail
+    assert sorted(refused[0].lines) == sorted(line(i, now_ms) for i in range(10, 15))
+    # The old names' points of the second request were stored, the new ones not.
+    rows = influxdb_points_at(server, db, now_ms)
+    assert sorted(r["sensor"] for r in rows) == [f"s{i:02d}" for i in range(10)]
+    assert (stats.lines, stats.refused) == (20, 5)
+
+
+def influxdb_points_at(server: InfluxDB, db: str, t_ms: int) -> list[dict[str, Any]]:
+    q = f"SELECT mean, sensor FROM rw WHERE time = {t_ms}ms"
+    return server.points(q, db)
+
+
+class _DeadLetterSink(DynamicSink[tuple[str, bytes]]):
+    """A dead-letter sink whose partitions always fail."""
+
+    def build(
+        self, step_id: str, worker_index: int, worker_count: int
+    ) -> StatelessSinkPartition[tuple[str, bytes]]:
+        class Failing(StatelessSinkPartition[tuple[str, bytes]]):
+            def write_batch(self, items: list[tuple[str, bytes]]) -> None:
+                raise ConnectionError("broker gone")
+
+        return Failing()
+
+
+@pytest.mark.services
+def test_sink_dead_letters_refused_lines_and_goes_on(influxdb: InfluxDB, one_hour_db: str) -> None:
+    now_ms = int(time.time() * 1000)
+    lines = _recent_lines(now_ms, 500)
+    old = [
+        format_line("rw", {"device": f"old{i}", "sensor": "t"}, {"mean": 0.5}, now_ms - 2 * HOUR_MS)
+        for i in range(3)
+    ]
+    for i, line in enumerate(old):
+        lines.insert(100 + 150 * i, line)
+    published: list[tuple[str, bytes]] = []
+    metrics = PipelineMetrics()
+    sink = InfluxSink(
+        InfluxV1Config(influxdb.url, one_hour_db), WriteOptions(batch_size_lines=300),
+        dead_letters=TestingSink(published), metrics=metrics,
+    )  # fmt: skip
+    run_main(_flow(lines, sink))
+    assert sink.stats().errors == 0
+    rows = influxdb.points("SELECT COUNT(mean) FROM rw", one_hour_db)
+    assert rows[0]["count"] == 500
+    assert {topic for topic, _ in published} == {f"{DEAD_LETTER_TOPIC_PREFIX}/{REASON_REFUSED}"}
+    letters = [decode_dead_letter(body) for _, body in published]
+    assert sorted(dl.payload.decode() for dl in letters) == sorted(old)
+    assert {dl.reason for dl in letters} == {REASON_REFUSED}
+    assert all("points beyond retention policy" in dl.detail for dl in letters)
+    assert {dl.topic for dl in letters} == {f"influxdb:{one_hour_db}"}
+    snap = metrics.snapshot()
+    assert snap["dead_letters_by_reason"] == {REASON_REFUSED: 3}
+    assert snap["refused_points"] == 3
+    assert snap["messages"] == 0  # the messages behind the points were counted upstream
+
+
+@pytest.mark.services
+def test_sink_survives_a_failing_dead_letter_sink(
+    influxdb: InfluxDB, one_hour_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    now_ms = int(time.time() * 1000)
+    lines = [*_recent_lines(now_ms, 20), *_recent_lines(now_ms - 2 * HOUR_MS, 1, "gone")]
+    sink = InfluxSink(InfluxV1Config(influxdb.url, one_hour_db), dead_letters=_DeadLetterSink())
+    with caplog.at_level(logging.ERROR, logger=influx.__name__):
+        run_main(_flow(lines, sink))
+    assert sink.stats().refused == 1
+    rows = influxdb.points("SELECT COUNT(mean) FROM rw", one_hour_db)
+    assert rows[0]["count"] == 20
+    assert any("publishing 1 dead letters (influx_refused) failed" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+
+
+class _FakeInflux2:
+    """InfluxDB 2.x's ``/api/v2/write`` as far as refusals go: points older than
+    ``cutoff_ms`` are beyond retention (422, "partial write"), the rest stored.
+
+    VictoriaMetrics, the real server of the other v2 tests, has no such
+    semantics: it answers 204 and stores any timestamp.
+    """
+
+    def __init__(self, cutoff_ms: int) -> None:
+        self.stored: list[str] = []
+        self.requests = 0
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                data = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    data = gzip.decompress(data)
+                fake.requests += 1
+                lines = data.decode().split("\n")
+                keep = [line for line in lines if int(line.rsplit(" ", 1)[1]) >= cutoff_ms]
+                fake.stored += keep
+                dropped = len(lines) - len(keep)
+                body = b""
+                status = 204
+                if dropped:
+                    status = 422
+                    body = (
+                        b'{"code":"unprocessable entity","message":"failure writing points to '
+                        b"database: partial write: points beyond retention policy dropped="
+                        + str(dropped).encode() + b'"}'
+                    )  # fmt: skip
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+def test_v2_partial_write_is_singled_out() -> None:
+    now_ms = int(time.time() * 1000)
+    lines = _recent_lines(now_ms, 30)
+    old = _recent_lines(now_ms - 2 * HOUR_MS, 2, "old")
+    lines[3:3] = [old[0]]
+    lines[25:25] = [old[1]]
+    fake = _FakeInflux2(cutoff_ms=now_ms - HOUR_MS)
+    writer = V2Writer(InfluxV2Config(fake.url, "o", "b"), WriteOptions())
+    try:
+        refused = writer.write(lines)
+        stats = writer.stats
+    finally:
+        writer.close()
+        fake.close()
+    assert [(r.reason, r.exact) for r in refused] == [(REASON_REFUSED, True)]
+    assert sorted(refused[0].lines) == sorted(old)
+    assert "points beyond retention policy" in refused[0].detail
+    assert sorted(set(fake.stored)) == sorted(line for line in lines if line not in old)
+    assert (stats.lines, stats.refused, stats.errors) == (30, 2, 0)

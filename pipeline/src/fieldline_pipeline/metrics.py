@@ -36,6 +36,7 @@ class PipelineMetrics:
         self.windows = 0
         self.anomalies = 0
         self.unwritable_windows = 0
+        self.refused_points = 0
         self.dead_letters: dict[str, int] = {}
         self.max_event_ms = 0
         self.started_ms = int(time.time() * 1000)
@@ -61,6 +62,16 @@ class PipelineMetrics:
             self.messages += 1
             self.dead_letters[reason] = self.dead_letters.get(reason, 0) + 1
 
+    def on_refused_points(self, reason: str, count: int) -> None:
+        """``count`` points InfluxDB refused, dead-lettered one by one with ``reason``.
+
+        They count as dead letters, not as messages: their messages were counted
+        when they came in.
+        """
+        with self._lock:
+            self.refused_points += count
+            self.dead_letters[reason] = self.dead_letters.get(reason, 0) + count
+
     def on_unwritable_window(self) -> None:
         with self._lock:
             self.unwritable_windows += 1
@@ -84,6 +95,7 @@ class PipelineMetrics:
                 "windows": self.windows,
                 "anomalies": self.anomalies,
                 "unwritable_windows": self.unwritable_windows,
+                "refused_points": self.refused_points,
                 "dead_letters": sum(self.dead_letters.values()),
                 "dead_letters_by_reason": dict(self.dead_letters),
                 # How far the newest event seen is behind the wall clock.
@@ -115,6 +127,7 @@ _COUNTERS = (
     "windows",
     "anomalies",
     "dead_letters",
+    "refused_points",
 )
 
 
@@ -142,16 +155,54 @@ def metrics_lines(snap: dict[str, Any], instance: str) -> list[str]:
     return lines
 
 
+class _Outage:
+    """Logs one line when a report starts failing and one when it works again.
+
+    A reporter fails every few seconds while InfluxDB or the broker is away; a
+    warning with a traceback each time would bury the log, and the cause is the
+    same each time.
+    """
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._since: float | None = None
+        self._failures = 0
+
+    def failed(self, exc: Exception) -> None:
+        self._failures += 1
+        if self._since is None:
+            self._since = time.time()
+            log.warning(
+                "%s failing since %s: %s: %s; reports are dropped until it works again",
+                self._what, time.strftime("%H:%M:%S", time.localtime(self._since)),
+                type(exc).__name__, str(exc).splitlines()[0][:300] if str(exc) else "",
+            )  # fmt: skip
+
+    def succeeded(self) -> None:
+        if self._since is not None:
+            log.info(
+                "%s works again after %.1f s (%d reports dropped)",
+                self._what, time.time() - self._since, self._failures,
+            )  # fmt: skip
+            self._since = None
+            self._failures = 0
+
+
 class MetricsReporter:
     """Calls ``publish(snapshot)`` every ``interval_s`` and ``write(lines)`` every
-    ``write_every`` publishes, on a daemon thread; ``stop()`` reports once more."""
+    ``write_every`` publishes, on a daemon thread; ``stop()`` reports once more.
+
+    A failing publish or write drops that report (the next one carries the same
+    cumulative counters) and is logged once per outage: one line when it starts
+    failing, one when it works again.
+    """
 
     def __init__(
         self,
         metrics: PipelineMetrics,
         instance: str,
         publish: Callable[[dict[str, Any]], None],
-        write: Callable[[list[str]], None],
+        write: Callable[[list[str]], object],
         interval_s: float = 1.0,
         write_every: int = 5,
     ) -> None:
@@ -163,6 +214,8 @@ class MetricsReporter:
         self._write_every = write_every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="metrics", daemon=True)
+        self._publish_outage = _Outage("publishing metrics")
+        self._write_outage = _Outage("writing metrics to InfluxDB")
 
     def start(self) -> None:
         self._thread.start()
@@ -173,13 +226,17 @@ class MetricsReporter:
         snap["done"] = final
         try:
             self._publish(snap)
-        except Exception:  # a metrics hiccup must never stop the pipeline
-            log.warning("publishing metrics failed", exc_info=True)
+        except Exception as exc:  # a metrics hiccup must never stop the pipeline
+            self._publish_outage.failed(exc)
+        else:
+            self._publish_outage.succeeded()
         if write:
             try:
                 self._write(metrics_lines(snap, self._instance))
-            except Exception:
-                log.warning("writing metrics to InfluxDB failed", exc_info=True)
+            except Exception as exc:
+                self._write_outage.failed(exc)
+            else:
+                self._write_outage.succeeded()
 
     def _run(self) -> None:
         n = 0

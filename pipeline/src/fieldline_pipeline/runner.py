@@ -45,7 +45,7 @@ from fieldline_edge.mqtt import configure_client
 from paho.mqtt.enums import CallbackAPIVersion
 
 from fieldline_pipeline.clock import IngestClock
-from fieldline_pipeline.connectors.influx import InfluxSink, make_writer
+from fieldline_pipeline.connectors.influx import InfluxSink, InfluxWriteError, make_writer
 from fieldline_pipeline.connectors.intake_process import IntakeProcess
 from fieldline_pipeline.connectors.log_source import IngestLogSource, log_path, partition_name
 from fieldline_pipeline.connectors.mqtt import MQTTSink
@@ -158,7 +158,12 @@ def run_pipeline(settings: PipelineSettings) -> None:
     )
     clock = IngestClock()
     source_stop = threading.Event()
-    sink = InfluxSink(settings.influx, settings.write)
+    # Points InfluxDB refuses (retention, cardinality limits) become dead letters
+    # on MQTT, as malformed events do, and the pipeline goes on.
+    sink = InfluxSink(
+        settings.influx, settings.write, dead_letters=MQTTSink(settings.mqtt, "refused"),
+        metrics=METRICS,
+    )  # fmt: skip
     flow = build_dataflow(
         IngestLogSource(
             ingest_dir,
@@ -214,6 +219,13 @@ def run_pipeline(settings: PipelineSettings) -> None:
             epoch_interval=timedelta(seconds=settings.epoch_interval_s),
             recovery_config=RecoveryConfig(recovery_dir),  # type: ignore[no-untyped-call]
         )
+    except Exception as exc:
+        refused = _influx_error(exc)
+        if refused is None:
+            raise
+        # A misconfiguration, not a bug: one line that names it, no traceback.
+        log.error("stopping: InfluxDB refuses every write: %s", refused)
+        raise SystemExit(1) from None
     finally:
         stop.set()
         reporter.stop()
@@ -224,6 +236,14 @@ def run_pipeline(settings: PipelineSettings) -> None:
         log.info("pipeline stopped: %s", METRICS.snapshot())
     if intake_failed.is_set():
         raise SystemExit(1)
+
+
+def _influx_error(exc: BaseException) -> InfluxWriteError | None:
+    """The :class:`InfluxWriteError` that Bytewax wrapped in ``exc``, if any."""
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, InfluxWriteError):
+        seen = seen.__cause__ or seen.__context__
+    return seen
 
 
 #: How long stopping children get after the first of them failed, before SIGKILL.

@@ -8,13 +8,25 @@ Two write APIs, one contract (:class:`InfluxWriter`):
   VictoriaMetrics), through influxdb-client.
 
 ``write(lines)`` is synchronous: when it returns, every line is durable on the
-server. It writes chunks of ``batch_size_lines``. Transient failures (no answer,
-HTTP 429 and 5xx) are retried with exponential backoff and jitter, by default
-without limit, so an outage of the server stalls the caller instead of losing
-lines; ``Retry-After`` wins when the server sends it. Permanent failures (bad
-line protocol, authentication, missing database or retention policy, any other
-4xx) raise :class:`InfluxWriteError` at once. Timestamps are always
-milliseconds (``precision=ms``).
+server or returned as refused. It writes chunks of ``batch_size_lines``.
+Transient failures (no answer, HTTP 429 and 5xx) are retried with exponential
+backoff and jitter, by default without limit, so an outage of the server stalls
+the caller instead of losing lines; ``Retry-After`` wins when the server sends
+it. Timestamps are always milliseconds (``precision=ms``).
+
+Two kinds of permanent failure:
+
+- *Refused points* (a "partial write": points beyond the retention policy, a
+  tag or series cardinality limit, a field type conflict, an unparsable line).
+  InfluxDB stores the rest of the request and says only how many it dropped,
+  and for one reason only, so the writer singles the refused lines out by
+  writing halves of the chunk again (a rewrite overwrites: a point's identity is
+  measurement + tags + time), at most ``max_refusal_requests`` extra requests
+  per chunk. ``write`` returns them as :class:`RefusedLines`, reason and
+  InfluxDB's message included; what the bound left undivided is returned whole
+  with ``exact=False`` (some of those lines were stored).
+- Failures that concern every write (authentication, missing database or
+  retention policy, any other 4xx): :class:`InfluxWriteError` at once.
 
 Example::
 
@@ -33,6 +45,7 @@ import json
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -42,23 +55,31 @@ from urllib.parse import urlencode, urlsplit
 
 import urllib3
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from fieldline_edge.contract import DeadLetter, dead_letter_topic, encode_dead_letter
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 from typing_extensions import override
 
+from fieldline_pipeline.metrics import PipelineMetrics
+
 __all__ = [
+    "REASON_REFUSED",
+    "REASON_SERIES_LIMIT",
+    "REASON_TAG_LIMIT",
     "InfluxConfig",
     "InfluxSink",
     "InfluxV1Config",
     "InfluxV2Config",
     "InfluxWriteError",
     "InfluxWriter",
+    "RefusedLines",
     "V1Writer",
     "V2Writer",
     "WriteOptions",
     "WriterStats",
+    "dead_letter_origin",
     "make_writer",
 ]
 
@@ -68,6 +89,14 @@ BODY_EXCERPT_CHARS = 500
 # Line protocol repeats itself a lot, so the fastest level already shrinks a
 # body several times over; higher levels cost CPU in the hot path for little.
 GZIP_LEVEL = 1
+
+#: Dead-letter reasons of lines InfluxDB refused (``fieldline/deadletter/<reason>``):
+#: a tag's value count reached ``max-values-per-tag``, the database's series
+#: count reached ``max-series-per-database``, anything else (retention policy,
+#: field type conflict, unparsable line).
+REASON_TAG_LIMIT = "influx_tag_limit"
+REASON_SERIES_LIMIT = "influx_series_limit"
+REASON_REFUSED = "influx_refused"
 
 # Indirections so tests can record retry delays instead of waiting them out,
 # and run the retry clock with them.
@@ -143,6 +172,10 @@ class WriteOptions:
     the dataflow with it). Tools that prefer to fail, such as a metrics
     reporter, set a bound.
 
+    ``max_refusal_requests`` bounds the extra requests that single out the lines
+    of one chunk that the server refused (see the module doc); 0 dead-letters a
+    partly refused chunk whole.
+
     Delay before retry *n* (from 0): ``retry_initial_delay_s * 2**n`` plus up to
     ``retry_jitter_s`` of random jitter, never more than ``retry_max_delay_s``
     in all; a ``Retry-After`` header (429, 503) replaces it, capped the same way.
@@ -159,6 +192,7 @@ class WriteOptions:
     retry_max_delay_s: float = 10.0
     retry_jitter_s: float = 0.25
     timeout_s: float = 10.0
+    max_refusal_requests: int = 100
 
     def __post_init__(self) -> None:
         if self.batch_size_lines < 1:
@@ -171,6 +205,8 @@ class WriteOptions:
             raise ValueError("retry delays must not be negative")
         if self.timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
+        if self.max_refusal_requests < 0:
+            raise ValueError("max_refusal_requests must not be negative")
 
 
 @dataclass
@@ -178,15 +214,18 @@ class WriterStats:
     """Counters and state of one writer (or the sum over several).
 
     ``writes`` successful requests, ``lines`` lines written, ``retries`` retried
-    attempts, ``errors`` chunks given up on. ``retrying_since`` is the Unix time
-    (s) of the first failed attempt of the outage in progress, ``None`` while
-    writes go through; ``last_error`` says what the last failed attempt got.
+    attempts, ``errors`` chunks given up on, ``refused`` lines the server refused
+    (returned by ``write``; counted whole where the search bound was reached).
+    ``retrying_since`` is the Unix time (s) of the first failed attempt of the
+    outage in progress, ``None`` while writes go through; ``last_error`` says
+    what the last failed attempt got.
     """
 
     writes: int = 0
     lines: int = 0
     retries: int = 0
     errors: int = 0
+    refused: int = 0
     retrying_since: float | None = None
     last_error: str = ""
 
@@ -207,6 +246,7 @@ class WriterStats:
         self.lines += other.lines
         self.retries += other.retries
         self.errors += other.errors
+        self.refused += other.refused
         if other.retrying_since is not None and (
             self.retrying_since is None or other.retrying_since < self.retrying_since
         ):
@@ -233,13 +273,27 @@ class InfluxWriteError(Exception):
         self.retries = retries
 
 
+@dataclass(frozen=True)
+class RefusedLines:
+    """Lines the server refused, for one reason, while it stored the others.
+
+    ``detail`` is the server's message. ``exact`` is False when the search bound
+    stopped before these lines were singled out: some of them were stored.
+    """
+
+    reason: str
+    detail: str
+    lines: tuple[str, ...]
+    exact: bool = True
+
+
 class InfluxWriter(Protocol):
     """Writes line protocol synchronously; see the module docstring."""
 
     @property
     def stats(self) -> WriterStats: ...
 
-    def write(self, lines: Sequence[str]) -> None: ...
+    def write(self, lines: Sequence[str]) -> list[RefusedLines]: ...
 
     def ping(self) -> bool: ...
 
@@ -254,6 +308,40 @@ class _Attempt:
     body: str = ""
     retry_after_s: float | None = None
     retryable: bool | None = None  # None: decide by status
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def refused_points(self) -> bool:
+        """The server refused some points of the request, not the request itself."""
+        return self.status in (400, 422) and any(m in self.body for m in _POINT_REFUSALS)
+
+
+#: How InfluxDB (1.x, 2.x, 3.x) words a refusal of points rather than of the
+#: request: 1.x answers 400 "partial write: ... dropped=N" (parse errors
+#: included) or 400 "unable to parse ..." when no line parsed; 2.x answers 422
+#: "... partial write ..." or 400 "unable to parse ...".
+_POINT_REFUSALS = ("partial write", "unable to parse")
+
+
+def _reason(detail: str) -> str:
+    """The dead-letter reason for a refusal message."""
+    if "max-values-per-tag" in detail:
+        return REASON_TAG_LIMIT
+    if "max-series-per-database" in detail:
+        return REASON_SERIES_LIMIT
+    return REASON_REFUSED
+
+
+def _dropped(detail: str) -> int | None:
+    """InfluxDB's ``dropped=N``: a lower bound (it reports one reason of several)."""
+    _, sep, tail = detail.rpartition("dropped=")
+    if not sep:
+        return None
+    digits = tail.strip().split()[0] if tail.strip() else ""
+    return int(digits) if digits.isdigit() else None
 
 
 def _excerpt(body: bytes | str | None) -> str:
@@ -322,12 +410,75 @@ class _RetryingWriter:
     def _send(self, chunk: Sequence[str]) -> _Attempt:
         raise NotImplementedError
 
-    def write(self, lines: Sequence[str]) -> None:
+    def write(self, lines: Sequence[str]) -> list[RefusedLines]:
         size = self._options.batch_size_lines
+        refused: list[RefusedLines] = []
         for start in range(0, len(lines), size):
-            self._write_chunk(lines[start : start + size])
+            refused += self._write_chunk(lines[start : start + size])
+        return refused
 
-    def _write_chunk(self, chunk: Sequence[str]) -> None:
+    def _write_chunk(self, chunk: Sequence[str]) -> list[RefusedLines]:
+        attempt = self._send_until_answered(chunk)
+        if attempt.ok:
+            self._stats.lines += len(chunk)
+            return []
+        return self._single_out(chunk, attempt)
+
+    def _single_out(self, chunk: Sequence[str], first: _Attempt) -> list[RefusedLines]:
+        """The refused lines of ``chunk``, found by writing halves of it again.
+
+        Each group in ``pending`` is known to hold a refused line. A group of
+        one line, or one that the server says it dropped whole, is refused;
+        others are halved and each half written: a half that goes through is
+        stored, one refused again goes back to ``pending``. Breadth first, so
+        that the bound leaves groups of even size.
+        """
+        budget = self._options.max_refusal_requests
+        pending: deque[tuple[Sequence[str], str]] = deque([(chunk, first.body)])
+        found: dict[tuple[str, bool], tuple[str, list[str]]] = {}
+        requests = 0
+
+        def refuse(group: Sequence[str], detail: str, exact: bool) -> None:
+            key = (_reason(detail), exact)
+            found.setdefault(key, (detail, []))[1].extend(group)
+
+        while pending:
+            group, detail = pending.popleft()
+            if len(group) == 1 or _dropped(detail) == len(group):
+                refuse(group, detail, exact=True)
+                continue
+            if requests + 2 > budget:
+                refuse(group, detail, exact=False)
+                continue
+            mid = len(group) // 2
+            for half in (group[:mid], group[mid:]):
+                requests += 1
+                attempt = self._send_until_answered(half)
+                if not attempt.ok:
+                    pending.append((half, attempt.body))
+        result = [
+            RefusedLines(reason, detail, tuple(lines), exact)
+            for (reason, exact), (detail, lines) in found.items()
+        ]
+        refused = sum(len(r.lines) for r in result)
+        self._stats.lines += len(chunk) - refused
+        self._stats.refused += refused
+        for r in result:
+            # One line per refusal: what, how many, why; the lines go to the caller.
+            logger.warning(
+                "%sInfluxDB refused %d of %d lines (%s)%s: %s",
+                self._prefix, len(r.lines), len(chunk), r.reason,
+                "" if r.exact else f", not singled out within {budget} requests: some were stored",
+                r.detail,
+            )  # fmt: skip
+        return result
+
+    def _send_until_answered(self, chunk: Sequence[str]) -> _Attempt:
+        """Send ``chunk`` until the server takes it or refuses some of its points.
+
+        Retries transient failures (see :class:`WriteOptions`); raises
+        :class:`InfluxWriteError` for a failure that concerns the request itself.
+        """
         opts = self._options
         stats = self._stats
         retry = 0
@@ -336,19 +487,21 @@ class _RetryingWriter:
             started = time.monotonic()
             attempt = self._send(chunk)
             status = attempt.status
-            if status is not None and 200 <= status < 300:
+            if attempt.ok or attempt.refused_points:
                 stats.writes += 1
-                stats.lines += len(chunk)
                 logger.debug("wrote %d lines in %.3f s", len(chunk), time.monotonic() - started)
                 if stats.retrying_since is not None:
-                    logger.info(
-                        "%sInfluxDB writes resumed after %.1f s (%d retries; last error: %s)",
-                        self._prefix, time.time() - stats.retrying_since, self._outage_retries,
-                        stats.last_error,
-                    )  # fmt: skip
+                    # Without retries (a writer that gives up at once) there was no
+                    # retry warning to close: its caller says when writes failed.
+                    if self._outage_retries:
+                        logger.info(
+                            "%sInfluxDB writes resumed after %.1f s (%d retries; last error: %s)",
+                            self._prefix, time.time() - stats.retrying_since,
+                            self._outage_retries, stats.last_error,
+                        )  # fmt: skip
                     stats.retrying_since = None
                     self._outage_retries = 0
-                return
+                return attempt
             what = f"HTTP {status}" if status is not None else "no answer"
             stats.last_error = f"{what}: {attempt.body}"[:BODY_EXCERPT_CHARS]
             retryable = attempt.retryable
@@ -526,20 +679,84 @@ def make_writer(
     return V2Writer(config, options, label=label)
 
 
+#: How many refused lines a log record shows when there is no dead-letter sink.
+_LOGGED_LINES = 20
+
+
 class _InfluxSinkPartition(StatelessSinkPartition[str]):
-    def __init__(self, writer: InfluxWriter) -> None:
+    def __init__(
+        self,
+        writer: InfluxWriter,
+        target: str,
+        dead_letters: StatelessSinkPartition[tuple[str, bytes]] | None,
+        metrics: PipelineMetrics | None,
+    ) -> None:
         self.writer = writer
+        self._target = target
+        self._dead_letters = dead_letters
+        self._metrics = metrics
 
     @override
     def write_batch(self, items: list[str]) -> None:
         # Synchronous on purpose: the batch is durable before the dataflow moves
         # on, and while the server is away this blocks the worker, which then
         # stops pulling from its source (backpressure).
-        self.writer.write(items)
+        for refused in self.writer.write(items):
+            if self._metrics is not None:
+                self._metrics.on_refused_points(refused.reason, len(refused.lines))
+            self._dead_letter(refused)
+
+    def _dead_letter(self, refused: RefusedLines) -> None:
+        """Hand each refused line on as a dead letter; never raises.
+
+        A failure here must not stop the pipeline: a restart would replay the
+        same input, be refused the same lines and fail the same way.
+        """
+        if self._dead_letters is None:
+            shown = refused.lines[:_LOGGED_LINES]
+            more = len(refused.lines) - len(shown)
+            logger.warning(
+                "no dead-letter sink: %d refused lines (%s) are only logged:\n%s%s",
+                len(refused.lines), refused.reason, "\n".join(shown),
+                f"\n... and {more} more" if more else "",
+            )  # fmt: skip
+            return
+        detail = refused.detail
+        if not refused.exact:
+            detail = (
+                f"{detail} (refused among {len(refused.lines)} lines that were not singled "
+                "out: this one may have been stored)"
+            )
+        now_ms = int(time.time() * 1000)
+        topic = dead_letter_topic(refused.reason)
+        try:
+            self._dead_letters.write_batch(
+                [
+                    (topic, encode_dead_letter(DeadLetter(
+                        refused.reason, detail, self._target, line.encode("utf-8"), now_ms
+                    )))
+                    for line in refused.lines
+                ]
+            )  # fmt: skip
+        except Exception:
+            logger.exception(
+                "publishing %d dead letters (%s) failed", len(refused.lines), refused.reason
+            )
 
     @override
     def close(self) -> None:
-        self.writer.close()
+        try:
+            self.writer.close()
+        finally:
+            if self._dead_letters is not None:
+                self._dead_letters.close()
+
+
+def dead_letter_origin(config: InfluxConfig) -> str:
+    """The ``topic`` of a refused line's dead letter: where it was to be written."""
+    if isinstance(config, InfluxV1Config):
+        return f"influxdb:{config.database}"
+    return f"influxdb:{config.bucket}"
 
 
 class InfluxSink(DynamicSink[str]):
@@ -553,20 +770,40 @@ class InfluxSink(DynamicSink[str]):
     :class:`WriteOptions`, transient failures (server down, 5xx, 429) are
     retried until the server takes the batch: meanwhile the worker is blocked
     and takes nothing more from its source, so what arrives waits upstream (in
-    the ingest log on disk, or the broker), not in memory (backpressure). A
-    permanent failure (or a retry bound, when set) raises
-    :class:`InfluxWriteError` and stops the dataflow rather than dropping lines,
-    and a resume replays from the last snapshot. Replays are harmless: a
-    point's identity is measurement + tags + time, so a rewrite overwrites it.
+    the ingest log on disk, or the broker), not in memory (backpressure).
+
+    Lines the server refuses while it takes the rest (see the module doc) do
+    not stop the dataflow: each becomes a dead letter on
+    ``fieldline/deadletter/<reason>`` through a partition of ``dead_letters``
+    (built per worker; its ``write_batch`` must wait for delivery as
+    :class:`~fieldline_pipeline.connectors.mqtt.MQTTSink` does), counted in
+    ``metrics`` by reason; the batch counts as written once they are handed
+    on. A dead letter that cannot be published is logged, never raised.
+    Without ``dead_letters``, refused lines are only logged.
+
+    A failure that concerns every write (authentication, missing database, a
+    retry bound when set) raises :class:`InfluxWriteError` and stops the
+    dataflow rather than dropping lines, and a resume replays from the last
+    snapshot. Replays are harmless: a point's identity is measurement + tags +
+    time, so a rewrite overwrites it.
 
     ``stats()`` sums the counters and state of the writers built in this
     process: ``stats().state`` is ``"retrying"`` while any worker waits for the
     server, and ``stats().describe()`` says since when and why.
     """
 
-    def __init__(self, config: InfluxConfig, options: WriteOptions | None = None) -> None:
+    def __init__(
+        self,
+        config: InfluxConfig,
+        options: WriteOptions | None = None,
+        *,
+        dead_letters: DynamicSink[tuple[str, bytes]] | None = None,
+        metrics: PipelineMetrics | None = None,
+    ) -> None:
         self.config = config
         self.options = options or WriteOptions()
+        self._dead_letters = dead_letters
+        self._metrics = metrics
         self._writers: list[InfluxWriter] = []
         self._lock = Lock()
 
@@ -575,7 +812,10 @@ class InfluxSink(DynamicSink[str]):
         writer = make_writer(self.config, self.options, label=f"{step_id} worker {worker_index}")
         with self._lock:
             self._writers.append(writer)
-        return _InfluxSinkPartition(writer)
+        dead = None
+        if self._dead_letters is not None:
+            dead = self._dead_letters.build(step_id, worker_index, worker_count)
+        return _InfluxSinkPartition(writer, dead_letter_origin(self.config), dead, self._metrics)
 
     def stats(self) -> WriterStats:
         total = WriterStats()
