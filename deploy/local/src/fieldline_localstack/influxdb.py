@@ -24,6 +24,15 @@ class InfluxDB(Service):
     `credentials` (user, password): `start()` makes that user the admin (the
     one statement InfluxDB allows before any user exists) and this object's
     own requests use it. :meth:`create_writer` adds a least-privilege user.
+
+    Hardening, as far as InfluxDB 1.6 allows: the pprof endpoints
+    (`/debug/pprof/*`) are off. `/debug/vars` and `/debug/requests` cannot be
+    turned off or put behind authentication before 1.8, and the backup (RPC)
+    port has no authentication in any 1.x: both listen on loopback only, so
+    only this machine reaches them (see docs/reliability.md).
+
+    `max_values_per_tag` sets InfluxDB's limit of distinct values of one tag
+    (its default is 100,000; 0 means no limit), to test what happens beyond it.
     """
 
     name = "influxd"
@@ -36,11 +45,15 @@ class InfluxDB(Service):
         *,
         auth_enabled: bool = False,
         credentials: tuple[str, str] | None = None,
+        max_values_per_tag: int | None = None,
     ) -> None:
         super().__init__(state_dir, port)
         self.rpc_port = free_port()
         self.auth_enabled = auth_enabled
         self.credentials = credentials
+        if max_values_per_tag is not None and max_values_per_tag < 0:
+            raise ValueError("max_values_per_tag must not be negative")
+        self.max_values_per_tag = max_values_per_tag
 
     @property
     def url(self) -> str:
@@ -60,6 +73,10 @@ class InfluxDB(Service):
             return json.dumps(str(value))
 
         d = self.state_dir
+        limit = ""
+        if self.max_values_per_tag is not None:
+            limit = f"\n  max-values-per-tag = {int(self.max_values_per_tag)}"
+        # bind-address: the backup (RPC) service, which asks for no credentials.
         return f"""\
 reporting-disabled = true
 bind-address = {q(f"{self.host}:{self.rpc_port}")}
@@ -71,7 +88,7 @@ bind-address = {q(f"{self.host}:{self.rpc_port}")}
 [data]
   dir = {q(d / "data")}
   wal-dir = {q(d / "wal")}
-  query-log-enabled = false
+  query-log-enabled = false{limit}
 
 [monitor]
   store-enabled = false
@@ -81,6 +98,8 @@ bind-address = {q(f"{self.host}:{self.rpc_port}")}
   bind-address = {q(f"{self.host}:{self.port}")}
   auth-enabled = {"true" if self.auth_enabled else "false"}
   log-enabled = false
+  pprof-enabled = false
+  debug-pprof-enabled = false
 
 [logging]
   level = "warn"
