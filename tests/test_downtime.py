@@ -5,6 +5,7 @@ own clock while the broker still holds a device's messages."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import signal
@@ -20,6 +21,7 @@ from fieldline_edge.mqtt import parse_broker_url
 from fieldline_localstack.influxdb import InfluxDB
 from fieldline_localstack.mosquitto import Mosquitto
 from fieldline_localstack.processes import fieldline_command as fieldline
+from fieldline_pipeline.connectors import intake as intake_module
 from fieldline_pipeline.connectors.intake import MQTTIntake
 from fieldline_pipeline.connectors.mqtt import MQTTSettings
 from fieldline_pipeline.ingest_log import IngestLog
@@ -207,3 +209,47 @@ def test_a_marker_comes_back_after_the_whole_backlog(
         log.close()
     finally:
         broker.stop()
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+def test_markers_need_the_acl_line_and_their_absence_is_reported(
+    allowed: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker that refuses the marker topic drops the marker silently (MQTT
+    3.1.1): no watermark is recorded, so nothing closes for silence, and the
+    intake says why with an error while it is connected."""
+    monkeypatch.setattr(intake_module, "MARKER_TIMEOUT_S", 3.0)
+    acl = tmp_path / "acl"
+    # Rules before any `user` line are the anonymous client's.
+    acl.write_text(
+        "topic read fieldline/+/+/telemetry\n"
+        + ("topic readwrite fieldline/_pipeline/#\n" if allowed else "")
+    )
+    broker = Mosquitto(tmp_path / "broker", extra_config=f"acl_file {acl}")
+    broker.start()
+    log = IngestLog(tmp_path / "log.sqlite")
+    settings = MQTTSettings(broker=parse_broker_url(broker.url), group="acl")
+    intake = MQTTIntake(settings, TELEMETRY_SUBSCRIPTION, log, f"acl-{secrets.token_hex(3)}")
+    try:
+        with caplog.at_level(logging.ERROR, logger=intake_module.__name__):
+            intake.start()
+            assert intake.subscribed.wait(30)
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline and log.watermark_at(1) is None:
+                time.sleep(0.1)
+            if not allowed:  # give the alarm time to go off
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and not caplog.records:
+                    time.sleep(0.1)
+    finally:
+        intake.stop()
+        broker.stop()
+    refused = [r for r in caplog.records if "no watermark marker has come back" in r.message]
+    if allowed:
+        assert log.watermark_at(1) is not None
+        assert refused == []
+    else:
+        assert log.watermark_at(1) is None
+        assert len(refused) == 1
+        assert "topic readwrite fieldline/_pipeline/#" in refused[0].getMessage()
+    log.close()

@@ -148,9 +148,16 @@ class MQTTIntake:
     def _on_subscribe(
         self, _client: mqtt.Client, _ud: Any, _mid: int, reasons: list[Any], _props: Any
     ) -> None:
-        if any(r.is_failure for r in reasons):
+        if any(r.is_failure for r in reasons[: len(self._subscriptions)]):
             log.error("broker refused subscription %s: %s", self._subscriptions, reasons)
             return
+        if any(r.is_failure for r in reasons[len(self._subscriptions) :]):
+            # Brokers that check the ACL at SUBSCRIBE say so here; the data still flows.
+            log.error(
+                "broker refused the marker subscription %s (the ACL must give this user "
+                "'topic readwrite %s/_pipeline/#'): no window will close for silence",
+                self.marker_topic, TOPIC_ROOT,
+            )  # fmt: skip
         log.info("MQTT subscribed to %s", ", ".join(self._subscriptions))
         self.subscribed.set()
 
