@@ -30,6 +30,7 @@ from fieldline_localstack.victoriametrics import VictoriaMetrics
 from fieldline_pipeline.connectors import influx
 from fieldline_pipeline.connectors.influx import (
     REASON_REFUSED,
+    REASON_SERIES_LIMIT,
     REASON_TAG_LIMIT,
     InfluxSink,
     InfluxV1Config,
@@ -752,6 +753,53 @@ def test_v1_tag_value_limit_is_a_reason_of_its_own(tag_limited_influxdb: InfluxD
     rows = influxdb_points_at(server, db, now_ms)
     assert sorted(r["sensor"] for r in rows) == [f"s{i:02d}" for i in range(10)]
     assert (stats.lines, stats.refused) == (20, 5)
+
+
+@pytest.fixture(scope="module")
+def series_limited_influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB]:
+    """An InfluxDB that keeps at most 5 series a database (max-series-per-database)."""
+    server = InfluxDB(tmp_path_factory.mktemp("series_limited"), max_series_per_database=5)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.mark.services
+def test_v1_series_limit_is_a_reason_of_its_own(series_limited_influxdb: InfluxDB) -> None:
+    server = series_limited_influxdb
+    db = f"t_{uuid.uuid4().hex[:8]}"
+    server.create_database(db)
+    now_ms = int(time.time() * 1000)
+
+    def line(i: int, t: int) -> str:
+        return format_line("rw", {"device": f"d{i}", "sensor": "t"}, {"mean": float(i)}, t)
+
+    writer = _writer(InfluxV1Config(server.url, db), WriteOptions())
+    try:
+        assert writer.write([line(i, now_ms - 1) for i in range(5)]) == []
+        refused = writer.write([line(i, now_ms) for i in (5, 0, 1, 6, 2, 3, 4, 7)])
+    finally:
+        writer.close()
+    assert [(r.reason, r.exact) for r in refused] == [(REASON_SERIES_LIMIT, True)]
+    assert "max-series-per-database limit exceeded" in refused[0].detail
+    assert sorted(refused[0].lines) == sorted(line(i, now_ms) for i in (5, 6, 7))
+    assert len(influxdb_points_at(server, db, now_ms)) == 5
+
+
+@pytest.mark.services
+def test_sink_without_dead_letter_sink_logs_the_refused_lines(
+    influxdb: InfluxDB, one_hour_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    now_ms = int(time.time() * 1000)
+    old = _recent_lines(now_ms - 2 * HOUR_MS, 1, "gone")
+    sink = InfluxSink(InfluxV1Config(influxdb.url, one_hour_db))
+    with caplog.at_level(logging.WARNING, logger=influx.__name__):
+        run_main(_flow([*_recent_lines(now_ms, 3), *old], sink))
+    assert sink.stats().refused == 1
+    logged = [r.getMessage() for r in caplog.records if "no dead-letter sink" in r.getMessage()]
+    assert len(logged) == 1
+    assert old[0] in logged[0]
 
 
 def influxdb_points_at(server: InfluxDB, db: str, t_ms: int) -> list[dict[str, Any]]:

@@ -100,11 +100,19 @@ def test_rpc_ports_of_parallel_servers_differ(tmp_path: Path) -> None:
     assert f'bind-address = "127.0.0.1:{a.rpc_port}"' in a.config_text()
 
 
-def test_max_values_per_tag_is_written_only_when_set(tmp_path: Path) -> None:
-    assert "max-values-per-tag" not in InfluxDB(tmp_path / "a").config_text()
-    assert "max-values-per-tag = 0" in InfluxDB(tmp_path / "b", max_values_per_tag=0).config_text()
-    with pytest.raises(ValueError, match="must not be negative"):
+def test_cardinality_limits_are_written_only_when_set(tmp_path: Path) -> None:
+    default = InfluxDB(tmp_path / "a").config_text()
+    assert "max-values-per-tag" not in default
+    assert "max-series-per-database" not in default
+    limited = InfluxDB(
+        tmp_path / "b", max_values_per_tag=0, max_series_per_database=7
+    ).config_text()
+    assert "max-values-per-tag = 0" in limited
+    assert "max-series-per-database = 7" in limited
+    with pytest.raises(ValueError, match="max_values_per_tag must not be negative"):
         InfluxDB(tmp_path / "c", max_values_per_tag=-1)
+    with pytest.raises(ValueError, match="max_series_per_database must not be negative"):
+        InfluxDB(tmp_path / "d", max_series_per_database=-1)
 
 
 def test_compose_influxdb_has_pprof_and_metrics_off() -> None:

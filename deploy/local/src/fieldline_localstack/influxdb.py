@@ -32,7 +32,9 @@ class InfluxDB(Service):
     only this machine reaches them (see docs/reliability.md).
 
     `max_values_per_tag` sets InfluxDB's limit of distinct values of one tag
-    (its default is 100,000; 0 means no limit), to test what happens beyond it.
+    (its default is 100,000) and `max_series_per_database` its limit of series
+    (default 1,000,000); 0 means no limit. Tests set them low to see what
+    happens beyond them.
     """
 
     name = "influxd"
@@ -46,14 +48,20 @@ class InfluxDB(Service):
         auth_enabled: bool = False,
         credentials: tuple[str, str] | None = None,
         max_values_per_tag: int | None = None,
+        max_series_per_database: int | None = None,
     ) -> None:
         super().__init__(state_dir, port)
         self.rpc_port = free_port()
         self.auth_enabled = auth_enabled
         self.credentials = credentials
-        if max_values_per_tag is not None and max_values_per_tag < 0:
-            raise ValueError("max_values_per_tag must not be negative")
+        for name, limit in (
+            ("max_values_per_tag", max_values_per_tag),
+            ("max_series_per_database", max_series_per_database),
+        ):
+            if limit is not None and limit < 0:
+                raise ValueError(f"{name} must not be negative")
         self.max_values_per_tag = max_values_per_tag
+        self.max_series_per_database = max_series_per_database
 
     @property
     def url(self) -> str:
@@ -73,9 +81,11 @@ class InfluxDB(Service):
             return json.dumps(str(value))
 
         d = self.state_dir
-        limit = ""
+        limits = ""
         if self.max_values_per_tag is not None:
-            limit = f"\n  max-values-per-tag = {int(self.max_values_per_tag)}"
+            limits += f"\n  max-values-per-tag = {int(self.max_values_per_tag)}"
+        if self.max_series_per_database is not None:
+            limits += f"\n  max-series-per-database = {int(self.max_series_per_database)}"
         # bind-address: the backup (RPC) service, which asks for no credentials.
         return f"""\
 reporting-disabled = true
@@ -88,7 +98,7 @@ bind-address = {q(f"{self.host}:{self.rpc_port}")}
 [data]
   dir = {q(d / "data")}
   wal-dir = {q(d / "wal")}
-  query-log-enabled = false{limit}
+  query-log-enabled = false{limits}
 
 [monitor]
   store-enabled = false
