@@ -109,7 +109,9 @@ def secure_mosquitto(
 ) -> Iterator[Mosquitto]:
     """A broker shared by the session with no anonymous access, users, ACLs and TLS.
 
-    `.url` is a plaintext listener, `.tls_url` the TLS one; both want a password.
+    `.tls_url` is the devices' TLS listener (client id = user name), `.service_url`
+    the services' TLS one, `.url` a plaintext copy of the services' on loopback
+    (devices' passwords are refused there); all want a password.
     """
     broker = Mosquitto(tmp_path_factory.mktemp("secure_mosquitto"), security=broker_security)
     yield from _run(broker)
