@@ -407,3 +407,13 @@ def test_telemetry_with_an_nfd_id_is_rejected_as_bad_id(where: str) -> None:
     ok = body.replace(json.dumps(NFD).encode(), json.dumps(NFC).encode())
     topic = c.telemetry_topic(*(NFC if x == NFD else x for x in (site, device)))
     assert c.decode_telemetry(topic, ok).seq == 1
+
+
+def test_a_long_sensor_error_is_cut_by_the_encoder_so_the_status_decodes() -> None:
+    long = "error: " + "x" * 5000
+    st_ = c.Status("dev-1", "online", TS, "a", {"t": long, "h": "ok"})
+    got = c.decode_status(STATUS_TOPIC, c.encode_status(st_))
+    assert got.sensors is not None
+    assert len(got.sensors["t"]) == c.MAX_SENSOR_STATE_LEN
+    assert got.sensors["t"].startswith("error: xxx")
+    assert got.sensors["h"] == "ok"

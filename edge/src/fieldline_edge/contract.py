@@ -298,6 +298,8 @@ def _series_of(readings: list[Reading]) -> list[dict[str, Any]]:
 
 
 def encode_status(status: Status) -> bytes:
+    """One status message. A sensor's text longer than :data:`MAX_SENSOR_STATE_LEN`
+    (an error message) is cut to it, so what a producer encodes always decodes."""
     body: dict[str, Any] = {
         "schema": SCHEMA_STATUS_V1,
         "device": status.device,
@@ -306,7 +308,12 @@ def encode_status(status: Status) -> bytes:
         "agent": status.agent,
     }
     if status.sensors is not None:
-        body["sensors"] = status.sensors
+        body["sensors"] = {
+            k: v[: MAX_SENSOR_STATE_LEN - 1] + "…"
+            if isinstance(v, str) and len(v) > MAX_SENSOR_STATE_LEN
+            else v
+            for k, v in status.sensors.items()
+        }
     return _dumps(body)
 
 
