@@ -688,6 +688,34 @@ def test_v1_point_beyond_retention_is_singled_out(influxdb: InfluxDB, one_hour_d
 
 
 @pytest.mark.services
+def test_v1_each_refused_line_keeps_its_own_reason(influxdb: InfluxDB, one_hour_db: str) -> None:
+    # InfluxDB names one reason per request, whatever the others: the search
+    # must find every refused line and what the server said of it alone.
+    now_ms = int(time.time() * 1000)
+    writer = _writer(InfluxV1Config(influxdb.url, one_hour_db), WriteOptions())
+    try:
+        assert writer.write(_recent_lines(now_ms, 1)) == []  # mean is a float field
+        old = format_line(
+            "rw", {"device": "old", "sensor": "t"}, {"mean": 1.0}, now_ms - 2 * HOUR_MS
+        )
+        conflict = format_line("rw", {"device": "int", "sensor": "t"}, {"mean": 3}, now_ms)
+        unparsable = f"rw,device=bad,sensor=t mean=nan? {now_ms}"
+        lines = _recent_lines(now_ms - 10, 12)
+        lines[2:2], lines[7:7], lines[11:11] = [old], [conflict], [unparsable]
+        refused = writer.write(lines)
+    finally:
+        writer.close()
+    by_line = {r.lines: r for r in refused}
+    assert set(by_line) == {(old,), (conflict,), (unparsable,)}
+    assert by_line[(old,)].detail == "partial write: points beyond retention policy"
+    assert "field type conflict" in by_line[(conflict,)].detail
+    assert "unable to parse" in by_line[(unparsable,)].detail
+    assert {r.reason for r in refused} == {REASON_REFUSED}
+    rows = influxdb.points("SELECT COUNT(mean) FROM rw", one_hour_db)
+    assert rows[0]["count"] == 1 + 12
+
+
+@pytest.mark.services
 def test_v1_chunk_refused_whole_needs_no_search(influxdb: InfluxDB, one_hour_db: str) -> None:
     # A replay of old data: InfluxDB's dropped=N equals the chunk, so no halving.
     now_ms = int(time.time() * 1000)
@@ -727,7 +755,9 @@ def test_v1_search_bound_returns_the_rest_whole(influxdb: InfluxDB, one_hour_db:
 
 
 @pytest.mark.services
-def test_v1_tag_value_limit_is_a_reason_of_its_own(tag_limited_influxdb: InfluxDB) -> None:
+def test_v1_tag_value_limit_is_a_reason_of_its_own(
+    tag_limited_influxdb: InfluxDB, caplog: pytest.LogCaptureFixture
+) -> None:
     server = tag_limited_influxdb
     db = f"t_{uuid.uuid4().hex[:8]}"
     server.create_database(db)
@@ -742,13 +772,25 @@ def test_v1_tag_value_limit_is_a_reason_of_its_own(tag_limited_influxdb: InfluxD
         # request: fill the tag up to it, then come with 5 new names among old ones.
         assert writer.write([line(i, now_ms - 1) for i in range(10)]) == []
         lines = [line(i, now_ms) for i in (0, 10, 1, 2, 11, 3, 4, 12, 5, 6, 7, 13, 8, 9, 14)]
-        refused = writer.write(lines)
+        with caplog.at_level(logging.WARNING, logger=influx.__name__):
+            refused = writer.write(lines)
         stats = writer.stats
     finally:
         writer.close()
-    assert [(r.reason, r.exact) for r in refused] == [(REASON_TAG_LIMIT, True)]
-    assert "max-values-per-tag limit exceeded" in refused[0].detail
-    assert sorted(refused[0].lines) == sorted(line(i, now_ms) for i in range(10, 15))
+    # One log line for the refusal, however many messages.
+    logged = [r.getMessage() for r in caplog.records if "InfluxDB refused" in r.getMessage()]
+    assert len(logged) == 1
+    assert "refused 5 of 15 lines (influx_tag_limit)" in logged[0]
+    assert "(and 4 other messages)" in logged[0]
+    # The message names the new value, so each line comes with its own.
+    assert {(r.reason, r.exact) for r in refused} == {(REASON_TAG_LIMIT, True)}
+    for r in refused:
+        assert "max-values-per-tag limit exceeded" in r.detail
+        assert all(
+            f'value="{line_.split("sensor=")[1].split()[0]}"' in r.detail for line_ in r.lines
+        )
+    refused_lines = [line_ for r in refused for line_ in r.lines]
+    assert sorted(refused_lines) == sorted(line(i, now_ms) for i in range(10, 15))
     # The old names' points of the second request were stored, the new ones not.
     rows = influxdb_points_at(server, db, now_ms)
     assert sorted(r["sensor"] for r in rows) == [f"s{i:02d}" for i in range(10)]

@@ -44,6 +44,7 @@ import gzip
 import json
 import logging
 import random
+import re
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -277,7 +278,7 @@ class InfluxWriteError(Exception):
 class RefusedLines:
     """Lines the server refused, for one reason, while it stored the others.
 
-    ``detail`` is the server's message. ``exact`` is False when the search bound
+    ``detail`` is the server's message (without its count). ``exact`` is False when the search bound
     stopped before these lines were singled out: some of them were stored.
     """
 
@@ -333,6 +334,14 @@ def _reason(detail: str) -> str:
     if "max-series-per-database" in detail:
         return REASON_SERIES_LIMIT
     return REASON_REFUSED
+
+
+def _without_count(detail: str) -> str:
+    """The message without its ``dropped=N``, which counted one request, not these lines."""
+    return _DROPPED.sub("", detail)
+
+
+_DROPPED = re.compile(r"\s*dropped=\d+\s*$")
 
 
 def _dropped(detail: str) -> int | None:
@@ -435,12 +444,14 @@ class _RetryingWriter:
         """
         budget = self._options.max_refusal_requests
         pending: deque[tuple[Sequence[str], str]] = deque([(chunk, first.body)])
-        found: dict[tuple[str, bool], tuple[str, list[str]]] = {}
+        # Grouped by what the server said of them, so that each line keeps the
+        # message of the request that singled it out.
+        found: dict[tuple[str, str, bool], list[str]] = {}
         requests = 0
 
         def refuse(group: Sequence[str], detail: str, exact: bool) -> None:
-            key = (_reason(detail), exact)
-            found.setdefault(key, (detail, []))[1].extend(group)
+            message = _without_count(detail)
+            found.setdefault((_reason(message), message, exact), []).extend(group)
 
         while pending:
             group, detail = pending.popleft()
@@ -457,21 +468,35 @@ class _RetryingWriter:
                 if not attempt.ok:
                     pending.append((half, attempt.body))
         result = [
-            RefusedLines(reason, detail, tuple(lines), exact)
-            for (reason, exact), (detail, lines) in found.items()
+            RefusedLines(reason, message, tuple(lines), exact)
+            for (reason, message, exact), lines in found.items()
         ]
         refused = sum(len(r.lines) for r in result)
         self._stats.lines += len(chunk) - refused
         self._stats.refused += refused
-        for r in result:
-            # One line per refusal: what, how many, why; the lines go to the caller.
-            logger.warning(
-                "%sInfluxDB refused %d of %d lines (%s)%s: %s",
-                self._prefix, len(r.lines), len(chunk), r.reason,
-                "" if r.exact else f", not singled out within {budget} requests: some were stored",
-                r.detail,
-            )  # fmt: skip
+        self._log_refusal(result, len(chunk), budget)
         return result
+
+    def _log_refusal(self, result: list[RefusedLines], chunk_size: int, budget: int) -> None:
+        """One log line per reason: how many, why; the lines go to the caller.
+
+        Messages that name a value or a line differ from line to line (a tag
+        limit names the new value): the first one stands for the others.
+        """
+        by_reason: dict[str, list[RefusedLines]] = {}
+        for r in result:
+            by_reason.setdefault(r.reason, []).append(r)
+        for reason, groups in by_reason.items():
+            count = sum(len(g.lines) for g in groups)
+            messages = len({g.detail for g in groups})
+            logger.warning(
+                "%sInfluxDB refused %d of %d lines (%s)%s: %s%s",
+                self._prefix, count, chunk_size, reason,
+                "" if all(g.exact for g in groups)
+                else f", some not singled out within {budget} requests (those may be stored)",
+                groups[0].detail,
+                f" (and {messages - 1} other messages)" if messages > 1 else "",
+            )  # fmt: skip
 
     def _send_until_answered(self, chunk: Sequence[str]) -> _Attempt:
         """Send ``chunk`` until the server takes it or refuses some of its points.
@@ -701,47 +726,52 @@ class _InfluxSinkPartition(StatelessSinkPartition[str]):
         # Synchronous on purpose: the batch is durable before the dataflow moves
         # on, and while the server is away this blocks the worker, which then
         # stops pulling from its source (backpressure).
-        for refused in self.writer.write(items):
-            if self._metrics is not None:
-                self._metrics.on_refused_points(refused.reason, len(refused.lines))
-            self._dead_letter(refused)
+        refused = self.writer.write(items)
+        if not refused:
+            return
+        if self._metrics is not None:
+            for r in refused:
+                self._metrics.on_refused_points(r.reason, len(r.lines))
+        if self._dead_letters is not None:
+            self._dead_letter(self._dead_letters, refused)
+            return
+        lines = [line for r in refused for line in r.lines]
+        shown = lines[:_LOGGED_LINES]
+        more = len(lines) - len(shown)
+        logger.warning(
+            "no dead-letter sink: %d refused lines are only logged:\n%s%s",
+            len(lines), "\n".join(shown), f"\n... and {more} more" if more else "",
+        )  # fmt: skip
 
-    def _dead_letter(self, refused: RefusedLines) -> None:
-        """Hand each refused line on as a dead letter; never raises.
+    def _dead_letter(
+        self, sink: StatelessSinkPartition[tuple[str, bytes]], refused: list[RefusedLines]
+    ) -> None:
+        """Hand each refused line on as a dead letter, in one batch; never raises.
 
         A failure here must not stop the pipeline: a restart would replay the
         same input, be refused the same lines and fail the same way.
         """
-        if self._dead_letters is None:
-            shown = refused.lines[:_LOGGED_LINES]
-            more = len(refused.lines) - len(shown)
-            logger.warning(
-                "no dead-letter sink: %d refused lines (%s) are only logged:\n%s%s",
-                len(refused.lines), refused.reason, "\n".join(shown),
-                f"\n... and {more} more" if more else "",
-            )  # fmt: skip
-            return
-        detail = refused.detail
-        if not refused.exact:
-            detail = (
-                f"{detail} (refused among {len(refused.lines)} lines that were not singled "
-                "out: this one may have been stored)"
-            )
         now_ms = int(time.time() * 1000)
-        topic = dead_letter_topic(refused.reason)
+        letters: list[tuple[str, bytes]] = []
+        for r in refused:
+            detail = r.detail
+            if not r.exact:
+                detail = (
+                    f"{detail} (refused among {len(r.lines)} lines that were not singled "
+                    "out: this one may have been stored)"
+                )
+            topic = dead_letter_topic(r.reason)
+            letters += [
+                (topic, encode_dead_letter(
+                    DeadLetter(r.reason, detail, self._target, line.encode("utf-8"), now_ms)
+                ))
+                for line in r.lines
+            ]  # fmt: skip
         try:
-            self._dead_letters.write_batch(
-                [
-                    (topic, encode_dead_letter(DeadLetter(
-                        refused.reason, detail, self._target, line.encode("utf-8"), now_ms
-                    )))
-                    for line in refused.lines
-                ]
-            )  # fmt: skip
+            sink.write_batch(letters)
         except Exception:
-            logger.exception(
-                "publishing %d dead letters (%s) failed", len(refused.lines), refused.reason
-            )
+            reasons = ", ".join(sorted({r.reason for r in refused}))
+            logger.exception("publishing %d dead letters (%s) failed", len(letters), reasons)
 
     @override
     def close(self) -> None:
