@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -113,10 +112,8 @@ def test_readings_taken_before_the_clock_is_set_get_their_real_time(
     try:
 
         def held(ms: list[Any]) -> bool:
-            # Stamped 1970, these statuses are outside the contract (the pipeline
-            # dead-letters them as bad_timestamp); their _clock entry says why.
-            st = [json.loads(m.payload) for m in ms if m.topic == status_topic]
-            return any(s.get("sensors", {}).get("_clock", "").startswith("error:") for s in st)
+            st = [contract.decode_status(m.topic, m.payload) for m in ms if m.topic == status_topic]
+            return any((s.sensors or {}).get("_clock", "").startswith("error:") for s in st)
 
         sub.wait_for(held)
         deadline = time.monotonic() + 20
@@ -141,8 +138,10 @@ def test_readings_taken_before_the_clock_is_set_get_their_real_time(
     assert all(r.ts <= before_sync * 1000 + 50 for r in early)
     assert [r.ts for r in readings] == sorted(r.ts for r in readings)
     assert early[-1].ts - early[0].ts >= (taken_before - 1) * 50 * 0.9
-    last = [m for m in sub.messages if m.topic == status_topic][-1]
-    assert "_clock" not in (contract.decode_status(last.topic, last.payload).sensors or {})
+    late = [
+        contract.decode_status(m.topic, m.payload) for m in sub.messages if m.topic == status_topic
+    ]
+    assert "_clock" not in (late[-1].sensors or {})
     assert result[0].dropped_readings == 0
 
 

@@ -315,7 +315,7 @@ NESTED = "[" * 1000 + "]" * 1000
         (status(sensors={"__x": "ok"}), "bad_id"),
         (status(ts=10**19), "bad_timestamp"),
         (status(ts=9 * 10**15), "bad_timestamp"),
-        (status(ts=0), "bad_timestamp"),
+        (status(ts=-1), "bad_timestamp"),
         (status(ts=9e15), "wrong_type"),
         (status(ts="now"), "wrong_type"),
         (status(ts=True), "wrong_type"),
@@ -417,3 +417,16 @@ def test_a_long_sensor_error_is_cut_by_the_encoder_so_the_status_decodes() -> No
     assert len(got.sensors["t"]) == c.MAX_SENSOR_STATE_LEN
     assert got.sensors["t"].startswith("error: xxx")
     assert got.sensors["h"] == "ok"
+
+
+def test_a_status_sent_before_the_clock_is_set_is_valid_and_says_so() -> None:
+    """A Pi boots at 1970: its first statuses (with ``_clock``) still tell the operator."""
+    topic = "fieldline/site-1/dev-1/status"
+    body = json.dumps(
+        {"schema": c.SCHEMA_STATUS_V1, "device": "dev-1", "state": "online", "ts": 12_345,
+         "sensors": {"_clock": "error: clock not set; 3 readings held back"}}
+    ).encode()  # fmt: skip
+    st = c.decode_status(topic, body)
+    assert c.status_clock_unset(st)
+    assert st.sensors == {"_clock": "error: clock not set; 3 readings held back"}
+    assert not c.status_clock_unset(st._replace(ts=c.MIN_TIMESTAMP_MS))

@@ -202,9 +202,12 @@ def test_status_messages_become_device_status_points_and_bad_ones_dead_letters()
     cfg = WindowConfig(width_ms=1_000, lateness_ms=0)
     online = encode_status(Status("d1", "online", T0, "fieldline-edge 0.2", {"t": "ok", "h": "x"}))
     offline = encode_status(Status("d2", "offline", T0 + 5, ""))
+    # Sent before d5's clock was set: stored at its receive time, clock_set 0.
+    booting = encode_status(Status("d5", "online", 42_000, "", {"_clock": "error: not set"}))
     msgs = [
         MqttMessage(status_topic("lab", "d1"), online, RECEIVED),
         MqttMessage(status_topic("lab", "d2"), offline, RECEIVED),
+        MqttMessage(status_topic("lab", "d5"), booting, RECEIVED),
         MqttMessage(status_topic("lab", "d3"), b'{"schema":"fieldline.status/1"}', RECEIVED),
         MqttMessage(status_topic("lab", "d4"), b"", RECEIVED),  # a retained status cleared
         telemetry("d1", 0, [("t", T0, 4.0)]),
@@ -213,9 +216,11 @@ def test_status_messages_become_device_status_points_and_bad_ones_dead_letters()
     status = sorted(line for line in lines if line.startswith("device_status,"))
     assert status == [
         'device_status,device=d1,site=lab state="online",online=1i,'
-        f'agent="fieldline-edge 0.2",sensors_error=1i {T0}',
-        f'device_status,device=d2,site=lab state="offline",online=0i,agent="",sensors_error=0i '
-        f"{T0 + 5}",
+        f'agent="fieldline-edge 0.2",sensors_error=1i,clock_set=1i {T0}',
+        f'device_status,device=d2,site=lab state="offline",online=0i,agent="",sensors_error=0i,'
+        f"clock_set=1i {T0 + 5}",
+        f'device_status,device=d5,site=lab state="online",online=1i,agent="",sensors_error=1i,'
+        f"clock_set=0i {RECEIVED}",
     ]
     assert len([line for line in lines if line.startswith("reading_window,")]) == 1
     assert [t for t, _ in dead] == ["fieldline/deadletter/missing_field"]

@@ -526,11 +526,16 @@ def _check_reading(where: str, ts: object, value: object) -> tuple[int, float]:
     return ts, value
 
 
+def status_clock_unset(status: Status) -> bool:
+    """True when the device stamped ``status`` before its clock was set (before 2000)."""
+    return status.ts < MIN_TIMESTAMP_MS
+
+
 def decode_status(topic: str, payload: bytes) -> Status:
     """Decode and validate one status message; raise :class:`ContractError`.
 
     Every device may publish its own status, retained, so it is checked as
-    strictly as telemetry: ``ts`` within the readings' bounds, ``agent`` a short
+    strictly as telemetry: ``ts`` before 2100 and not negative, ``agent`` a short
     printable string, ``sensors`` a flat mapping of at most
     :data:`MAX_STATUS_SENSORS` ids to short strings or numbers.
     """
@@ -553,8 +558,12 @@ def decode_status(topic: str, payload: bytes) -> Status:
     ts = _field(obj, "ts")
     if not _is_int(ts):
         raise ContractError("wrong_type", f"ts must be integer milliseconds, got {_show(ts)}")
-    if not MIN_TIMESTAMP_MS <= ts < MAX_TIMESTAMP_MS:
-        raise ContractError("bad_timestamp", f"ts {ts} is outside 2000..2100")
+    # Unlike a reading's, a status's time may precede 2000: an agent whose clock
+    # is not set yet still reports that it is online and why it holds readings
+    # back (its ``_clock`` entry). The pipeline stores such a status at the time
+    # it received it (see status_clock_unset).
+    if not 0 <= ts < MAX_TIMESTAMP_MS:
+        raise ContractError("bad_timestamp", f"ts {ts} is outside 1970..2100")
     agent = obj.get("agent", "")
     if not (isinstance(agent, str) and len(agent) <= MAX_AGENT_LEN and agent.isprintable()):
         raise ContractError(

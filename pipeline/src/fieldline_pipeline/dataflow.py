@@ -38,6 +38,7 @@ from fieldline_edge.contract import (
     dead_letter_topic,
     decode_status,
     encode_dead_letter,
+    status_clock_unset,
 )
 
 from fieldline_pipeline.clock import IngestClock, WallClock
@@ -142,9 +143,16 @@ def decode_message(
 
 
 def status_line(u: StatusUpdate) -> str:
-    """A status message as an InfluxDB point; identity = site, device and status time."""
+    """A status message as an InfluxDB point; identity = site, device and status time.
+
+    A status stamped before the device's clock was set is stored at the time the
+    intake received it (logged with the message, so a replay writes the same
+    point), with ``clock_set`` 0: the operator sees the device and why it holds
+    its readings back, not a point in 1970.
+    """
     st = u.status
     failing = sum(1 for v in (st.sensors or {}).values() if str(v) != "ok")
+    unset = status_clock_unset(st)
     return format_line(
         STATUS_MEASUREMENT,
         {"site": u.site, "device": st.device},
@@ -153,8 +161,9 @@ def status_line(u: StatusUpdate) -> str:
             "online": 1 if st.state == "online" else 0,
             "agent": st.agent,
             "sensors_error": failing,
+            "clock_set": 0 if unset else 1,
         },
-        st.ts,
+        u.received_ms if unset else st.ts,
     )
 
 
