@@ -315,7 +315,9 @@ def test_a_device_key_cannot_resume_the_pipelines_session(connect: Any) -> None:
     for payload in sent:
         dev.publish(telemetry(DEV_B), payload)
     # A device key asks for that session by the pipeline's client id: the broker
-    # makes the id its user name, so it gets a fresh session of its own.
+    # makes the id its user name, so it gets a fresh session of its own. (A clean
+    # connection first drops a session of that device left by an earlier test.)
+    connect(f"{SECURE_SITE}/{DEV_A}").close()
     thief = connect(f"{SECURE_SITE}/{DEV_A}", client_id=intake_id, clean_session=False)
     assert thief.session_present is False
     thief.subscribe(f"fieldline/{SECURE_SITE}/{DEV_A}/none")  # a round trip after CONNACK
