@@ -322,8 +322,8 @@ def test_interleaved_hostile_sequences_keep_the_pipeline_up_and_data_exact(
         run_state_machine_as_test(
             Fleet,
             settings=settings(
-                max_examples=4,
-                stateful_step_count=15,
+                max_examples=6,
+                stateful_step_count=20,
                 deadline=None,
                 derandomize=True,
                 suppress_health_check=list(HealthCheck),
