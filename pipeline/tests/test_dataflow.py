@@ -473,3 +473,35 @@ def test_an_alert_that_cannot_be_encoded_becomes_a_dead_letter(
     assert "alert_encode: TypeError" in dl.detail
     assert any(line.startswith("anomaly,") for line in lines)  # the point is still written
     assert window_counts(lines) == {("d1", "t", T0): (1, 1.0)}
+
+
+class SettableClock(IngestClock):
+    """An ingest clock a test moves by hand."""
+
+    def __init__(self, now: int) -> None:
+        super().__init__()
+        self.now = now
+
+    def now_ms(self) -> int:
+        return self.now
+
+
+def test_a_silent_device_is_looked_at_again_within_the_idle_timeout_whatever_the_clock() -> None:
+    """A log with no watermark yet gives an ingest clock of 0: the wake-up must not
+    be put off for decades, or a restored device that never sends again keeps its
+    windows open; once the clock moves on, the next look closes them."""
+    from datetime import datetime, timezone
+
+    cfg = WindowConfig(width_ms=1_000, lateness_ms=0, idle_timeout_ms=5_000)
+    clock = SettableClock(0)
+    logic = _WindowLogic(DeviceWindows(cfg), PipelineMetrics(), clock)
+    [accepted] = [decode_message(telemetry("d1", 0, [("t", T0, 1.0)]))]
+    assert isinstance(accepted, Accepted)
+    logic.on_batch([accepted])
+    wake = logic.notify_at()
+    assert wake is not None
+    assert (wake - datetime.now(timezone.utc)).total_seconds() <= cfg.idle_timeout_ms / 1000
+    assert logic.on_notify()[0] == []  # the clock says nothing yet: nothing closes
+    clock.now = RECEIVED + cfg.idle_timeout_ms
+    closed, _ = logic.on_notify()
+    assert [(w.device, w.start_ms, w.count) for w in closed] == [("d1", T0 - T0 % 1_000, 1)]

@@ -284,8 +284,12 @@ class _WindowLogic(StatefulBatchLogic[Accepted, Out, dict[str, Any]]):
         return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        # The wake-up is in ingest time; sleep until the ingest clock could reach it.
+        # The wake-up is in ingest time; sleep until the ingest clock could reach it,
+        # but no longer than the idle timeout: the ingest clock can run ahead of the
+        # wall clock (a backlog read after a restart) or start from nothing (a log
+        # with no watermark yet), and a silent device gets no other call to wake it.
         wait_ms = max(0, self._w.next_wakeup_ms() - self._clock.now_ms())
+        wait_ms = min(wait_ms, self._w.config.idle_timeout_ms)
         return datetime.now(timezone.utc) + timedelta(milliseconds=wait_ms)
 
     def snapshot(self) -> dict[str, Any]:
