@@ -152,13 +152,17 @@ def test_old_reading_beyond_retention_is_dead_lettered_and_the_pipeline_goes_on(
 
 
 def test_missing_database_stops_with_one_line_naming_it(
-    mosquitto: Mosquitto, start_pipeline: Any
+    fresh_mosquitto: Mosquitto, start_pipeline: Any
 ) -> None:
     missing = f"missing_{secrets.token_hex(3)}"
     site = f"nodb-{secrets.token_hex(3)}"
+    # A broker of its own: on the shared one, other tests' retained statuses would
+    # make the first write (and so the stop) before the pipeline reports it started.
     # The last --influx-db wins over the fixture's.
-    pipeline = start_pipeline(*PIPELINE_ARGS, "--influx-db", missing)
-    device = Device(mosquitto, site)
+    pipeline = start_pipeline(
+        *PIPELINE_ARGS, "--influx-db", missing, broker_url=fresh_mosquitto.url
+    )
+    device = Device(fresh_mosquitto, site)
     try:
         now_ms = int(time.time() * 1000)
         device.send([Reading("t", now_ms - 3000, 1.0, "C")])
