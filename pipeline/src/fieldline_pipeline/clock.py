@@ -17,6 +17,13 @@ is the newest watermark read from the log:
 
 Before a log has any watermark (a new or upgraded log), "now" is just before
 the first message the dataflow read, which closes nothing.
+
+Silence is counted only while the pipeline could hear the devices: each
+watermark also carries ``pause_ms``, the time up to it in which no marker came
+back (the pipeline down, frozen or cut off, or the broker down) plus the time
+devices need after such a gap to reconnect (see
+:func:`fieldline_pipeline.ingest_log.pause_of_gap`). "Now" and a message's time
+for idle closing are both *ingest time*: wall time less the pause before it.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ def wall_ms() -> int:
 @dataclass
 class _Part:
     watermark_ms: int | None = None
+    pause_ms: int = 0
     floor_ms: int | None = None
     next_offset: int = 0
 
@@ -50,10 +58,12 @@ class IngestClock:
         watermark_ms: int | None,
         next_offset: int = 0,
         floor_ms: int | None = None,
+        pause_ms: int = 0,
     ) -> None:
         """A partition has read every log offset below ``next_offset``.
 
-        ``watermark_ms`` is the newest watermark among them; ``floor_ms`` a time
+        ``watermark_ms`` is the newest watermark among them (wall time), and
+        ``pause_ms`` the pause recorded with it; ``floor_ms`` a time
         no device of the partition can have been last seen before (used only
         while there is no watermark).
         """
@@ -61,6 +71,7 @@ class IngestClock:
             p = self._parts.setdefault(part, _Part())
             if watermark_ms is not None:
                 p.watermark_ms = max(watermark_ms, p.watermark_ms or watermark_ms)
+                p.pause_ms = max(pause_ms, p.pause_ms)
             if floor_ms is not None and p.floor_ms is None:
                 p.floor_ms = floor_ms
             p.next_offset = next_offset
@@ -79,10 +90,11 @@ class IngestClock:
         return min(m for m in marks if m is not None)
 
     def now_ms(self) -> int:
-        """The watermark; before there is one, a time that closes nothing (see module doc)."""
+        """The watermark in ingest time (less its pause); before there is one, a
+        time that closes nothing (see module doc)."""
         with self._lock:
             values = [
-                p.watermark_ms if p.watermark_ms is not None else p.floor_ms
+                p.watermark_ms - p.pause_ms if p.watermark_ms is not None else p.floor_ms
                 for p in self._parts.values()
             ]
         known = [v for v in values if v is not None]

@@ -80,6 +80,8 @@ class Accepted(NamedTuple):
     received_ms: int
     topic: str = ""
     payload: bytes = b""
+    #: On the ingest clock, for idle closing; None where it equals ``received_ms``.
+    ingest_ms: int | None = None
 
 
 class StatusUpdate(NamedTuple):
@@ -139,7 +141,7 @@ def decode_message(
     except Exception as exc:  # a decoder bug must cost one message, not the pipeline
         return internal_error("decode", exc, msg.topic, msg.payload, msg.received_ms, metrics)
     metrics.on_message()
-    return Accepted(cols, msg.received_ms, msg.topic, msg.payload)
+    return Accepted(cols, msg.received_ms, msg.topic, msg.payload, msg.ingest_ms)
 
 
 def status_line(u: StatusUpdate) -> str:
@@ -212,7 +214,8 @@ class _WindowLogic(StatefulBatchLogic[Accepted, Out, dict[str, Any]]):
         readings = late_total = duplicates = anomalies = windows = 0
         for a in values:
             try:
-                applied = self._apply(a.msg, a.received_ms)
+                ingest_ms = a.received_ms if a.ingest_ms is None else a.ingest_ms
+                applied = self._apply(a.msg, ingest_ms)
             except Exception as exc:
                 out.append(
                     internal_error("windows", exc, a.topic, a.payload, a.received_ms, self._metrics)
@@ -238,9 +241,10 @@ class _WindowLogic(StatefulBatchLogic[Accepted, Out, dict[str, Any]]):
         return out, StatefulBatchLogic.RETAIN
 
     def _apply(
-        self, cols: Columns, received_ms: int
+        self, cols: Columns, ingest_ms: int
     ) -> tuple[list[Anomaly], list[WindowResult], list[LateReadings]] | None:
-        """Add one message to the device's state; None for a duplicate.
+        """Add one message (received at ``ingest_ms`` on the ingest clock) to the
+        device's state; None for a duplicate.
 
         The windows are computed first without being changed, then the
         detectors learn, then the windows and the dedupe take the message in
@@ -253,7 +257,7 @@ class _WindowLogic(StatefulBatchLogic[Accepted, Out, dict[str, Any]]):
         try:
             if w.is_duplicate(cols.seq):
                 return None
-            pending = w.prepare(cols, received_ms)
+            pending = w.prepare(cols, ingest_ms)
             found: list[Anomaly] = []
             d = self._d
             if d is not None:  # after the dedupe: a redelivered message is not scored twice

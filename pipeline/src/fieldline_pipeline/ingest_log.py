@@ -46,9 +46,36 @@ CREATE TABLE IF NOT EXISTS log (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
 CREATE TABLE IF NOT EXISTS watermark (
     after INTEGER PRIMARY KEY,    -- the newest message offset at the time it was appended
-    sent_ms INTEGER NOT NULL      -- wall time at which the marker was published
+    sent_ms INTEGER NOT NULL,     -- wall time at which the marker was published
+    pause_ms INTEGER NOT NULL DEFAULT 0,  -- time not counted as silence, up to this one
+    grace_ms INTEGER NOT NULL DEFAULT 0   -- reconnection grace left after this one
 ) STRICT;
 """
+
+#: Markers normally come back about a second apart. The part of a gap between
+#: two watermarks beyond this is time in which the pipeline heard nothing from
+#: the broker: it was down, frozen or cut off, or the broker itself was down.
+HEARD_GAP_MS = 2_000
+#: After such deaf time, devices need time to reconnect: their clients back off
+#: exponentially (the edge agent up to 60 s), so a device retries within about
+#: as long again as the outage lasted. The clock stands still that much longer,
+#: at most this long.
+RECONNECT_GRACE_MAX_MS = 120_000
+
+
+def pause_of_gap(gap_ms: int, grace_ms: int) -> tuple[int, int]:
+    """Of a gap between two watermarks, the time not counted as devices' silence,
+    and the grace left after it (``grace_ms`` is the grace left before it).
+
+    The pause never exceeds the gap, so the ingest clock never goes back.
+    """
+    deaf = max(0, gap_ms - HEARD_GAP_MS)
+    used = min(gap_ms - deaf, grace_ms)
+    left = grace_ms - used
+    if deaf:
+        left = max(left, min(deaf, RECONNECT_GRACE_MAX_MS))
+    return deaf + used, left
+
 
 #: The topic of a watermark in :meth:`IngestLog.append`'s input. It contains
 #: U+0000, which MQTT forbids in topic names (MQTT 3.1.1 §4.7.3), so no message
@@ -76,12 +103,22 @@ class IngestLog:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={sync.upper()}")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(watermark)")}
+        for column in ("pause_ms", "grace_ms"):  # a log written before pauses were kept
+            if column not in columns:
+                self._db.execute(
+                    f"ALTER TABLE watermark ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
+                )
         # AUTOINCREMENT-like guarantee without its cost: remember the highest
         # offset ever written, so truncating the tail can never reuse an offset.
         row = self._db.execute("SELECT value FROM meta WHERE key='high'").fetchone()
         self._high = max(row[0] if row else 0, self._max_offset())
         # Watermarks never go back, even should the wall clock step back.
-        self._watermark = self.watermark_at(self._high + 1) or 0
+        row = self._db.execute(
+            "SELECT sent_ms, pause_ms, grace_ms FROM watermark ORDER BY after DESC LIMIT 1"
+        ).fetchone()
+        last: tuple[int, int, int] = tuple(row) if row is not None else (0, 0, 0)
+        self._watermark, self._pause, self._grace = last
 
     def _max_offset(self) -> int:
         row = self._db.execute("SELECT max(offset) FROM log").fetchone()
@@ -100,20 +137,24 @@ class IngestLog:
         with self._lock:
             start = self._high + 1
             rows: list[tuple[int, str, bytes, int]] = []
-            marks: list[tuple[int, int]] = []
-            watermark = self._watermark
+            marks: list[tuple[int, int, int, int]] = []
+            watermark, pause, grace = self._watermark, self._pause, self._grace
             for t, p, r in entries:
                 if t == WATERMARK_TOPIC:
+                    if watermark and r > watermark:  # the first ever has no gap before it
+                        unheard, grace = pause_of_gap(r - watermark, grace)
+                        pause += unheard
                     watermark = max(watermark, r)
-                    marks.append((start + len(rows) - 1, watermark))
+                    marks.append((start + len(rows) - 1, watermark, pause, grace))
                 else:
                     rows.append((start + len(rows), t, p, r))
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany("INSERT INTO log VALUES (?, ?, ?, ?)", rows)
                 self._db.executemany(
-                    "INSERT INTO watermark VALUES (?, ?) ON CONFLICT(after) DO UPDATE "
-                    "SET sent_ms=max(sent_ms, excluded.sent_ms)",
+                    "INSERT INTO watermark VALUES (?, ?, ?, ?) ON CONFLICT(after) DO UPDATE "
+                    "SET sent_ms=excluded.sent_ms, pause_ms=excluded.pause_ms, "
+                    "grace_ms=excluded.grace_ms",
                     marks,
                 )
                 self._high = start + len(rows) - 1
@@ -123,7 +164,7 @@ class IngestLog:
                     (self._high,),
                 )
                 self._db.execute("COMMIT")
-                self._watermark = watermark
+                self._watermark, self._pause, self._grace = watermark, pause, grace
             except BaseException:
                 self._db.execute("ROLLBACK")
                 self._high = start - 1
@@ -140,15 +181,28 @@ class IngestLog:
             )
             return [LogEntry(*row) for row in cur.fetchall()]
 
-    def watermark_at(self, next_offset: int) -> int | None:
+    def watermark_at(self, next_offset: int) -> tuple[int, int] | None:
         """The newest watermark a reader that has read every offset below
-        ``next_offset`` has passed (its ``sent_ms``), or None if there is none."""
+        ``next_offset`` has passed, as ``(sent_ms, pause_ms)``, or None if there is none."""
         with self._lock:
             row = self._db.execute(
-                "SELECT sent_ms FROM watermark WHERE after < ? ORDER BY after DESC LIMIT 1",
+                "SELECT sent_ms, pause_ms FROM watermark WHERE after < ? "
+                "ORDER BY after DESC LIMIT 1",
                 (next_offset,),
             ).fetchone()
-            return None if row is None else int(row[0])
+            return None if row is None else (int(row[0]), int(row[1]))
+
+    def pauses(self, first: int, last: int) -> list[tuple[int, int]]:
+        """``(after, pause_ms)`` of the watermarks that messages ``first..last`` follow:
+        the newest one before ``first`` and those between, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT after, pause_ms FROM watermark WHERE after < ? AND after >= "
+                "(SELECT coalesce(max(after), -1) FROM watermark WHERE after < ?) "
+                "ORDER BY after",
+                (last, first),
+            ).fetchall()
+            return [(int(a), int(p)) for a, p in rows]
 
     def received_before(self, offset: int) -> int | None:
         """``received_ms`` of the newest message below ``offset`` still in the log."""

@@ -235,7 +235,8 @@ class DeviceWindows:
         Each sensor's readings are aggregated per window first (one partial
         aggregate per message and window, at C speed), then merged into the open
         window. ``received_ms`` is when the pipeline's intake received the
-        message. The caller checks :meth:`is_duplicate` first.
+        message, on the ingest clock (:mod:`fieldline_pipeline.clock`). The
+        caller checks :meth:`is_duplicate` first.
 
         All or nothing: should anything raise, the state is as it was before.
         """

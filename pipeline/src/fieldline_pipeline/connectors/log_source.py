@@ -75,8 +75,11 @@ class _LogPartition(StatefulSourcePartition[MqttMessage, int]):
         self._last_truncate_ms = 0
 
     def _report(self) -> None:
-        watermark = self._log.watermark_at(self._offset)
-        self._clock.observe(self._name, watermark, self._offset, self._floor)
+        mark = self._log.watermark_at(self._offset)
+        if mark is None:
+            self._clock.observe(self._name, None, self._offset, self._floor)
+        else:
+            self._clock.observe(self._name, mark[0], self._offset, self._floor, mark[1])
 
     def next_batch(self) -> list[MqttMessage]:
         entries = self._log.read(self._offset, READ_BATCH)
@@ -90,7 +93,17 @@ class _LogPartition(StatefulSourcePartition[MqttMessage, int]):
             self._floor = entries[0].received_ms - 1
         self._offset = entries[-1].offset + 1
         self._report()
-        return [MqttMessage(e.topic, e.payload, e.received_ms) for e in entries]
+        # Each message's ingest time: its receive time less the pause recorded
+        # with the newest watermark before it (see fieldline_pipeline.clock).
+        pauses = self._log.pauses(entries[0].offset, entries[-1].offset)
+        out: list[MqttMessage] = []
+        i, pause = 0, 0
+        for e in entries:
+            while i < len(pauses) and pauses[i][0] < e.offset:
+                pause = pauses[i][1]
+                i += 1
+            out.append(MqttMessage(e.topic, e.payload, e.received_ms, e.received_ms - pause))
+        return out
 
     def next_awake(self) -> datetime | None:
         if self._full or self._stop.is_set():

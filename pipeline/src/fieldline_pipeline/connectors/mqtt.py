@@ -33,11 +33,16 @@ PUBACK_TIMEOUT_S = 30.0
 
 
 class MqttMessage(NamedTuple):
-    """A message as received; ``received_ms`` is when the intake received it."""
+    """A message as received; ``received_ms`` is when the intake received it.
+
+    ``ingest_ms`` is that time on the ingest clock, which idle closing uses
+    (see :mod:`fieldline_pipeline.clock`); None where it is the same.
+    """
 
     topic: str
     payload: bytes
     received_ms: int
+    ingest_ms: int | None = None
 
 
 @dataclass(frozen=True)
