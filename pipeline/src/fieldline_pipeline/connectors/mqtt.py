@@ -90,6 +90,15 @@ def new_client(settings: MQTTSettings, client_id: str, clean_session: bool) -> m
     return client
 
 
+def _acknowledged(info: mqtt.MQTTMessageInfo) -> bool:
+    """Whether the broker acknowledged it; paho raises for a message published
+    while disconnected, which it keeps and sends again on reconnect."""
+    try:
+        return info.is_published()
+    except (ValueError, RuntimeError):
+        return False
+
+
 class _MQTTSinkPartition(StatelessSinkPartition[tuple[str, bytes]]):
     def __init__(self, settings: MQTTSettings, client_id: str) -> None:
         self._client = new_client(settings, client_id, clean_session=True)
@@ -114,7 +123,7 @@ class _MQTTSinkPartition(StatelessSinkPartition[tuple[str, bytes]]):
                 info.wait_for_publish(timeout=remaining)
             except (ValueError, RuntimeError):
                 break  # not connected yet: paho keeps the message and resends it
-        unacked = sum(1 for i in infos if not i.is_published())
+        unacked = sum(1 for i in infos if not _acknowledged(i))
         if unacked:
             log.warning("%d published messages not yet acknowledged; paho will resend", unacked)
 
