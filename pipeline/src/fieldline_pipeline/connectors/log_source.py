@@ -96,6 +96,12 @@ class _LogPartition(StatefulSourcePartition[MqttMessage, int]):
         # Each message's ingest time: its receive time less the pause recorded
         # with the newest watermark before it (see fieldline_pipeline.clock).
         pauses = self._log.pauses(entries[0].offset, entries[-1].offset)
+        if not pauses or pauses[-1][0] < entries[0].offset:  # none inside the batch
+            pause = pauses[-1][1] if pauses else 0
+            return [
+                MqttMessage(e.topic, e.payload, e.received_ms, e.received_ms - pause)
+                for e in entries
+            ]
         out: list[MqttMessage] = []
         i, pause = 0, 0
         for e in entries:
