@@ -57,9 +57,10 @@ CREATE TABLE IF NOT EXISTS watermark (
 #: the broker: it was down, frozen or cut off, or the broker itself was down.
 HEARD_GAP_MS = 2_000
 #: After such deaf time, devices need time to reconnect: their clients back off
-#: exponentially (the edge agent up to 60 s), so a device retries within about
-#: as long again as the outage lasted. The clock stands still that much longer,
-#: at most this long.
+#: exponentially (the edge agent up to 60 s), so a device may first retry as
+#: late as twice the outage after it lost its connection, while the pipeline may
+#: have come back at any point of that. The clock stands still for twice the
+#: deaf time, at most this long.
 RECONNECT_GRACE_MAX_MS = 120_000
 
 
@@ -73,7 +74,7 @@ def pause_of_gap(gap_ms: int, grace_ms: int) -> tuple[int, int]:
     used = min(gap_ms - deaf, grace_ms)
     left = grace_ms - used
     if deaf:
-        left = max(left, min(deaf, RECONNECT_GRACE_MAX_MS))
+        left = max(left, min(2 * deaf, RECONNECT_GRACE_MAX_MS))
     return deaf + used, left
 
 
